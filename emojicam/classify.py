@@ -1,0 +1,162 @@
+"""Expression classifier: our int8 ``emotion.tflite`` in the LiteRT interpreter.
+
+The interpreter comes from ``ai-edge-litert`` (the maintained TFLite runtime);
+``tflite-runtime`` is used only when it is missing. The model's class order is
+read from ``<model>.labels.txt`` beside it and must equal ``Emotion``'s
+order, so a retrained model with another order cannot silently mislabel.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emojicam import assets
+from emojicam.config import ClassifierConfig
+from emojicam.errors import SetupError
+from emojicam.preprocess import MODEL_INPUT_SIDE, batch_to_model_input, crop_box_xywh
+from emojicam.types import Emotion, EmotionScores, FaceBox
+
+log = logging.getLogger(__name__)
+
+
+def load_interpreter_class() -> Any:
+    """``Interpreter`` from ai-edge-litert, else from tflite-runtime."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
+        except ImportError as exc:
+            raise SetupError(
+                "no TFLite interpreter found; install it with 'pip install ai-edge-litert'"
+            ) from exc
+    return Interpreter
+
+
+def default_model_path() -> Path:
+    return assets.models_dir() / "emotion.tflite"
+
+
+def labels_path_for(model_path: Path) -> Path:
+    return model_path.with_suffix(".labels.txt")
+
+
+def read_labels(path: Path) -> list[str]:
+    try:
+        return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except OSError as exc:
+        raise SetupError(
+            f"{path}: labels file missing or unreadable ({exc.strerror or exc}); it must sit beside "
+            "the model and list the classes in output order, one per line"
+        ) from exc
+
+
+@dataclass
+class TFLiteClassifier:
+    """Batched classification of face crops. Build with ``create``."""
+
+    interpreter: Any
+    model_path: Path
+    _in: dict[str, Any] = field(default_factory=dict)
+    _out: dict[str, Any] = field(default_factory=dict)
+    _batch: int = 1
+    _dynamic_batch: bool = False
+
+    @classmethod
+    def create(cls, cfg: ClassifierConfig | None = None, model_path: Path | None = None) -> TFLiteClassifier:
+        cfg = cfg or ClassifierConfig()
+        path = Path(model_path or cfg.model or default_model_path()).expanduser()
+        if not path.is_file():
+            raise SetupError(
+                f"{path}: emotion model not found; set classifier.model in config.yaml to a "
+                "valid .tflite file, or reinstall EmojiCam to restore the bundled one"
+            )
+        labels = read_labels(labels_path_for(path))
+        expected = [e.value for e in Emotion]
+        if labels != expected:
+            raise SetupError(
+                f"{labels_path_for(path)}: class order {labels} does not match EmojiCam's "
+                f"{expected}; re-export the model with 'python -m train export'"
+            )
+        Interpreter = load_interpreter_class()
+        try:
+            interp = Interpreter(model_path=str(path), num_threads=cfg.threads)
+            interp.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise SetupError(
+                f"{path}: not a valid TFLite model ({exc}); restore the bundled "
+                "models/emotion.tflite or re-export it"
+            ) from exc
+        self = cls(interp, path)
+        self._in = interp.get_input_details()[0]
+        self._out = interp.get_output_details()[0]
+        in_shape = tuple(int(d) for d in self._in["shape"][1:])
+        out_shape = tuple(int(d) for d in self._out["shape"][1:])
+        if in_shape != (MODEL_INPUT_SIDE, MODEL_INPUT_SIDE, 1) or out_shape != (len(Emotion),):
+            raise SetupError(
+                f"{path}: model takes {in_shape} and gives {out_shape}; EmojiCam needs "
+                f"(48, 48, 1) grayscale in and {len(Emotion)} scores out"
+            )
+        sig = self._in.get("shape_signature")
+        self._dynamic_batch = sig is not None and len(sig) > 0 and int(sig[0]) == -1
+        self._batch = int(self._in["shape"][0])
+        return self
+
+    def classify(self, image_bgr: np.ndarray, boxes: Sequence[FaceBox]) -> list[EmotionScores]:
+        size_wh = (image_bgr.shape[1], image_bgr.shape[0])
+        crops = []
+        for box in boxes:
+            x, y, w, h = crop_box_xywh(box.xywh, size_wh)
+            crops.append(image_bgr[y : y + h, x : x + w] if w > 0 and h > 0 else None)
+        valid = [c for c in crops if c is not None and c.size > 0]
+        probs = iter(self.predict(batch_to_model_input(valid)) if valid else [])
+        return [
+            EmotionScores(next(probs)) if c is not None and c.size > 0 else EmotionScores.uniform()
+            for c in crops
+        ]
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 48, 48, 1) float32 pixel values 0..255 -> (N, 7) probabilities."""
+        n = len(batch)
+        if n == 0:
+            return np.zeros((0, len(Emotion)), np.float32)
+        if self._dynamic_batch:
+            if n != self._batch:
+                self.interpreter.resize_tensor_input(self._in["index"], [n, 48, 48, 1])
+                self.interpreter.allocate_tensors()
+                self._in = self.interpreter.get_input_details()[0]
+                self._out = self.interpreter.get_output_details()[0]
+                self._batch = n
+            return self._run(batch)
+        return np.concatenate([self._run(batch[i : i + 1]) for i in range(n)])
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        self.interpreter.set_tensor(self._in["index"], _quantize(x, self._in))
+        self.interpreter.invoke()
+        out = _dequantize(self.interpreter.get_tensor(self._out["index"]), self._out)
+        out = np.clip(out, 0.0, None)
+        total = out.sum(axis=1, keepdims=True)
+        return np.divide(out, total, out=np.full_like(out, 1 / out.shape[1]), where=total > 0)
+
+
+def _quantize(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    dtype = detail["dtype"]
+    if dtype == np.float32:
+        return x.astype(np.float32)
+    scale, zero = detail["quantization"]
+    info = np.iinfo(dtype)
+    q = np.round(x / scale + zero)
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def _dequantize(y: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    if detail["dtype"] == np.float32:
+        return y.astype(np.float32)
+    scale, zero = detail["quantization"]
+    return (y.astype(np.float32) - zero) * scale

@@ -1,0 +1,137 @@
+"""Command line: ``emojicam [--config PATH] [--debug] COMMAND ...``.
+
+Wiring and logging setup only; the work happens in the modules it calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+from emojicam import __version__
+from emojicam.config import MODES, load_config
+from emojicam.errors import EmojiCamError
+
+log = logging.getLogger("emojicam")
+
+# Modules that add their own subcommands with ``register(subparsers)``.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emojicam",
+        description="Replace or decorate faces with the emoji of their expression, "
+        "live as a virtual camera or file to file.",
+        epilog="Run 'emojicam COMMAND --help' for each command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"emojicam {__version__}")
+    parser.add_argument("--config", type=Path, metavar="PATH",
+                        help="settings file; overrides the user's and the default config.yaml")
+    parser.add_argument("--debug", action="store_true", help="verbose logging and full tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("process", help="turn a video or photo into one with emoji faces",
+                       description="Process a video or an image file. The output keeps the "
+                       "input's frame count, size and frame rate.")
+    p.add_argument("input", type=Path, help="video (mp4, avi, ...) or image (png, jpg, ...)")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="output file of the same kind as INPUT (.mp4/.avi or .png/.jpg)")
+    p.add_argument("--mode", choices=MODES, help="override the configured mode")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=cmd_process)
+
+    p = sub.add_parser("classify", help="print each face's expression in images",
+                       description="Detect faces in images and print box, top emotion and all "
+                       "7 probabilities for each.")
+    p.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(handler=cmd_classify)
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def setup_logging(debug: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    from emojicam.files import is_image, process_image, process_video
+    from emojicam.pipeline import build_pipeline
+
+    config = load_config(args.config)
+    if args.mode:
+        config = config.with_mode(args.mode)
+    if not args.input.exists():
+        raise EmojiCamError(f"{args.input}: no such file")
+    if is_image(args.input) != is_image(args.output):
+        raise EmojiCamError(f"{args.output}: output must be the same kind (image or video) as {args.input}")
+    pipeline = build_pipeline(config)
+    if is_image(args.input):
+        results = process_image(pipeline, args.input, args.output)
+        print(f"{args.output}: {len(results)} face(s), mode {config.mode}")
+    else:
+        n = process_video(pipeline, args.input, args.output, progress=not args.no_progress)
+        print(f"{args.output}: {n} frames, mode {config.mode}")
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from emojicam.classify import TFLiteClassifier
+    from emojicam.detect import create_detector
+    from emojicam.files import read_image
+
+    config = load_config(args.config)
+    detector = create_detector(config.detector)
+    classifier = TFLiteClassifier.create(config.classifier)
+    for path in args.images:
+        image = read_image(path)
+        boxes = detector.detect(image)
+        scores = classifier.classify(image, boxes)
+        faces = [{"box": list(b.xywh), "emotion": s.top.value, "scores": s.as_dict()}
+                 for b, s in zip(boxes, scores)]
+        if args.json:
+            print(json.dumps({"path": str(path), "faces": faces}))
+        else:
+            print(f"{path}: {len(faces)} face(s)")
+            for f in faces:
+                probs = "  ".join(f"{k} {v:.2f}" for k, v in f["scores"].items())
+                print(f"  box {f['box']}: {f['emotion']}  ({probs})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.debug)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        default = _default_command()
+        if default is None:
+            parser.print_help()
+            return 0
+        handler = default
+    try:
+        return int(handler(args))
+    except EmojiCamError as exc:
+        if args.debug:
+            raise
+        print(f"emojicam: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _default_command():  # the daemon, once its module is registered
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(name)
+        if hasattr(module, "default_command"):
+            return module.default_command
+    return None

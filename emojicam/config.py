@@ -1,0 +1,316 @@
+"""Settings: ``config.yaml`` -> frozen, typed, per-stage dataclasses.
+
+Layering, lowest first: the documented default ``config.yaml`` shipped with
+the package, the user's copy in the platform config folder, ``--config PATH``.
+Each layer may set any subset of keys. Everything is validated here, once;
+past this module nobody sees raw dicts.
+
+Errors are ``ConfigError`` and always name the file, the key, what was
+expected and what was found, e.g.::
+
+    ~/.config/emojicam/config.yaml: smoothing.min_hold_s: expected a number >= 0, got -1
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from emojicam import assets
+from emojicam.errors import EmojiCamError
+
+Mode = Literal["replace", "decorate", "label", "off"]
+MODES: tuple[str, ...] = typing.get_args(Mode)
+
+
+class ConfigError(EmojiCamError, ValueError):
+    """A config file could not be read or holds an invalid value."""
+
+
+# Each field may carry metadata: min/max bounds checked by the loader.
+def _num(default: float, lo: float | None = None, hi: float | None = None) -> Any:
+    return field(default=default, metadata={"min": lo, "max": hi})
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    source: int | str = 0  # webcam index, device path, or a video file (looped)
+    width: int = _num(1280, 16, 7680)
+    height: int = _num(720, 16, 4320)
+    fps: float = _num(30.0, 1, 240)
+    mjpg: bool = True
+    mirror: bool = False
+    retry_initial_s: float = _num(0.5, 0.05, 60)
+    retry_max_s: float = _num(5.0, 0.1, 600)
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    backend: Literal["auto", "blazeface", "haar"] = "auto"
+    max_side_px: int = _num(480, 64, 4096)  # detect on a copy no larger than this
+    min_face_px: int = _num(32, 4, 4096)  # in full-resolution pixels
+    min_score: float = _num(0.5, 0.0, 1.0)
+    every_n_frames: int = _num(1, 1, 60)
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    model: str | None = None  # None: the bundled models/emotion.tflite
+    threads: int = _num(1, 1, 64)
+    every_n_frames: int = _num(1, 1, 60)
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    iou_threshold: float = _num(0.3, 0.0, 1.0)
+    hold_s: float = _num(0.5, 0.0, 10.0)  # keep a lost face this long
+
+
+@dataclass(frozen=True)
+class SmoothingConfig:
+    half_life_s: float = _num(0.25, 0.0, 10.0)  # exponential smoothing of probabilities
+    switch_margin: float = _num(0.10, 0.0, 1.0)  # new emotion must lead by this much
+    min_hold_s: float = _num(0.6, 0.0, 10.0)  # shown emotion stays at least this long
+
+
+@dataclass(frozen=True)
+class EmojiConfig:
+    folder: str | None = None  # None: the bundled emoji_pngs/
+    replace_scale: float = _num(1.35, 1.0, 3.0)  # emoji side / face box side in replace mode
+    badge_scale: float = _num(0.45, 0.1, 2.0)  # badge side / face box side in decorate mode
+    rotate_with_head: bool = True
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    enabled: bool = True  # in replace mode, never show a face the pipeline cannot cover
+    action: Literal["blur", "blank"] = "blur"
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    kind: Literal["virtual", "preview", "null"] = "virtual"
+    name: str = "EmojiCam"  # v4l2loopback card label / Unity Capture device name
+    backend: Literal["auto", "v4l2loopback", "unitycapture", "obs"] = "auto"
+    device: str | None = None  # explicit /dev/videoN; None: look it up by name
+    fps: float = _num(30.0, 1, 120)
+    on_demand: bool = True  # Linux: release the webcam while no app watches
+
+
+@dataclass(frozen=True)
+class TrayConfig:
+    enabled: bool = True
+    icon_update_hz: float = _num(4.0, 0.1, 30)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    mode: Mode = "replace"
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
+    emoji: EmojiConfig = field(default_factory=EmojiConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    sink: SinkConfig = field(default_factory=SinkConfig)
+    tray: TrayConfig = field(default_factory=TrayConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def with_mode(self, mode: str) -> Config:
+        if mode not in MODES:
+            raise ConfigError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
+        return dataclasses.replace(self, mode=mode)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- locations
+
+
+def default_config_path() -> Path:
+    """The documented defaults (repo root ``config.yaml``, shipped in the wheel)."""
+    return assets.asset_path("config.yaml")
+
+
+def user_config_path() -> Path:
+    """The user's override file, e.g. ``~/.config/emojicam/config.yaml``."""
+    from platformdirs import user_config_path as _ucp
+
+    return _ucp("emojicam") / "config.yaml"
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, *, use_user_file: bool = True) -> Config:
+    """Defaults, then the user file (if any), then ``path`` (if given)."""
+    layers: list[Path] = [default_config_path()]
+    if use_user_file and user_config_path().is_file():
+        layers.append(user_config_path())
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        layers.append(p)
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        _check_and_merge(merged, read_yaml(layer), layer)
+    return from_dict(merged, source=str(layers[-1]))
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Parse one YAML file safely; errors name the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: config file is not UTF-8 text ({exc.reason})") from exc
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, source: str = "<config>") -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{source}:{where}: YAML syntax error: {problem}") from exc
+    except (ValueError, TypeError, RecursionError) as exc:  # odd tags, deep nesting
+        raise ConfigError(f"{source}: cannot parse YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings at the top, got {_kind(data)}")
+    return data
+
+
+def _check_and_merge(into: dict[str, Any], layer: dict[str, Any], source: Path) -> None:
+    # Validate each layer on its own so errors name the file they are in.
+    from_dict(_deep_merge(into, layer), source=str(source))
+    into.update(_deep_merge(into, layer))
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def from_dict(data: dict[str, Any], source: str = "<config>") -> Config:
+    """Build a validated ``Config``; raises ``ConfigError`` on any problem."""
+    return _build(Config, data, source, prefix="")
+
+
+def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.')}: expected a mapping, got {_kind(data)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if not isinstance(key, str) or key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
+            choices = ", ".join(sorted(fields))
+            raise ConfigError(f"{source}: {name}: unknown setting{hint}; known here: {choices}")
+        f, hint = fields[key], hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, source, prefix=f"{name}.")  # type: ignore[arg-type]
+        else:
+            kwargs[key] = _coerce(hint, value, f.metadata, source, name)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, meta: Any, source: str, name: str) -> Any:
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{source}: {name}: expected {expected}, got {_show(value)}")
+
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise bad("one of " + ", ".join(map(str, choices)))
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for opt in options:
+            if opt is type(None):
+                continue
+            try:
+                return _coerce(opt, value, meta, source, name)
+            except ConfigError as exc:
+                errors.append(exc)
+        names = [("null" if o is type(None) else o.__name__) for o in options]
+        raise bad(" or ".join(_TYPE_WORDS.get(n, n) for n in names))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("a whole number" + _bounds(meta))
+        _check_bounds(value, meta, lambda: bad("a whole number" + _bounds(meta)))
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise bad("a number" + _bounds(meta))
+        if value in (float("inf"), float("-inf")):
+            raise bad("a finite number" + _bounds(meta))
+        _check_bounds(value, meta, lambda: bad("a number" + _bounds(meta)))
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str) or not value.strip():
+            raise bad("a non-empty string")
+        return value
+    raise TypeError(f"config field {name} has unsupported type {hint}")  # programming error
+
+
+_TYPE_WORDS = {"int": "a whole number", "str": "a string", "float": "a number", "null": "null"}
+
+
+def _bounds(meta: Any) -> str:
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and hi is not None:
+        return f" from {lo:g} to {hi:g}"
+    if lo is not None:
+        return f" >= {lo:g}"
+    if hi is not None:
+        return f" <= {hi:g}"
+    return ""
+
+
+def _check_bounds(value: float, meta: Any, error: Any) -> None:
+    lo, hi = meta.get("min"), meta.get("max")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise error()
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number",
+            bool: "a boolean"}.get(type(value), type(value).__name__)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,104 @@
+"""File-to-file processing: ``emojicam process`` on a video or an image."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from emojicam.errors import InputError
+from emojicam.pipeline import Pipeline
+from emojicam.types import FaceResult, Frame
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+_FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
+
+
+def is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def read_image(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise InputError(f"{path}: not a readable image (PNG, JPEG, BMP, WebP or TIFF)")
+    return image
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    frame_count: int
+    fps: float
+    size_wh: tuple[int, int]
+
+
+def open_video(path: Path) -> tuple[cv2.VideoCapture, VideoInfo]:
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    cap = cv2.VideoCapture(str(path))
+    ok, first = cap.read() if cap.isOpened() else (False, None)
+    if not ok or first is None:
+        cap.release()
+        raise InputError(f"{path}: not a readable video (OpenCV could not decode a frame)")
+    cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    info = VideoInfo(
+        int(cap.get(cv2.CAP_PROP_FRAME_COUNT)),
+        fps if fps and fps > 0 else 30.0,
+        (first.shape[1], first.shape[0]),
+    )
+    return cap, info
+
+
+def video_frames(cap: cv2.VideoCapture, fps: float) -> Iterator[Frame]:
+    index = 0
+    while True:
+        ok, image = cap.read()
+        if not ok:
+            return
+        yield Frame(image, index, index / fps)
+        index += 1
+
+
+def process_image(pipeline: Pipeline, src: Path, dst: Path) -> list[FaceResult]:
+    image, results = pipeline.process(Frame(read_image(src)))
+    if not cv2.imwrite(str(dst), image):
+        raise InputError(f"{dst}: cannot write an image here (check the folder and the extension)")
+    return results
+
+
+def process_video(pipeline: Pipeline, src: Path, dst: Path, progress: bool = True) -> int:
+    """Process every frame; returns the number of frames written."""
+    cap, info = open_video(src)
+    fourcc = _FOURCC.get(dst.suffix.lower())
+    if fourcc is None:
+        cap.release()
+        raise InputError(f"{dst}: unsupported video extension; use one of {', '.join(sorted(_FOURCC))}")
+    writer = cv2.VideoWriter(str(dst), cv2.VideoWriter_fourcc(*fourcc), info.fps, info.size_wh)
+    if not writer.isOpened():
+        cap.release()
+        raise InputError(f"{dst}: cannot write a video here (check the folder exists and is writable)")
+    written = 0
+    try:
+        from tqdm import tqdm
+
+        bar = tqdm(total=info.frame_count or None, unit="frame", disable=not progress,
+                   desc=src.name, leave=False)
+        for frame in video_frames(cap, info.fps):
+            image, _ = pipeline.process(frame)
+            writer.write(image)
+            written += 1
+            bar.update(1)
+        bar.close()
+    finally:
+        cap.release()
+        writer.release()
+    return written

@@ -1,0 +1,165 @@
+"""The per-frame pipeline: detect -> track -> classify -> smooth -> compose.
+
+``Pipeline.process(frame)`` is pure in the sense that matters for a daemon:
+no I/O, no threads, no sleeps, no logging setup. It does hold state (face
+tracks and their smoothed scores), which is why one ``Pipeline`` belongs to
+exactly one processing loop.
+
+Every stage is a small protocol, so tests (and future backends) can swap any
+of them. ``build_pipeline(config)`` wires the real ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from emojicam.config import Config
+from emojicam.types import Emotion, EmotionScores, FaceBox, FaceResult, Frame
+
+
+class Detector(Protocol):
+    def detect(self, image_bgr: np.ndarray) -> list[FaceBox]:
+        """Faces in a full-resolution BGR image, in its pixel coordinates."""
+        ...
+
+
+@dataclass(frozen=True)
+class Track:
+    track_id: int
+    box: FaceBox
+    missed_frames: int = 0  # frames since the detector last saw this face
+    age_frames: int = 0
+
+
+class Tracker(Protocol):
+    def update(self, boxes: Sequence[FaceBox] | None, timestamp_s: float) -> list[Track]:
+        """Match this frame's detections to tracks. ``boxes=None`` means the
+        detector did not run this frame (tracks are carried forward)."""
+        ...
+
+
+class Classifier(Protocol):
+    def classify(self, image_bgr: np.ndarray, boxes: Sequence[FaceBox]) -> list[EmotionScores]:
+        """One ``EmotionScores`` per box, in the same order."""
+        ...
+
+
+class Smoother(Protocol):
+    def update(
+        self, track_id: int, scores: EmotionScores | None, timestamp_s: float
+    ) -> tuple[EmotionScores, Emotion]:
+        """Fold this frame's scores (None: not classified) into the track's
+        history; return the smoothed scores and the emotion to show."""
+        ...
+
+    def forget(self, keep_ids: set[int]) -> None:
+        """Drop state for tracks not in ``keep_ids``."""
+        ...
+
+
+class Compositor(Protocol):
+    def compose(self, image_bgr: np.ndarray, results: Sequence[FaceResult], mode: str) -> np.ndarray:
+        """Return a new image with the results drawn for ``mode``; never
+        modifies ``image_bgr``."""
+        ...
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent in each stage for the last frame (for ``emojicam bench``)."""
+
+    detect: float = 0.0
+    track: float = 0.0
+    classify: float = 0.0
+    smooth: float = 0.0
+    compose: float = 0.0
+
+
+@dataclass
+class Pipeline:
+    detector: Detector
+    tracker: Tracker
+    classifier: Classifier
+    smoother: Smoother
+    compositor: Compositor
+    mode: str = "replace"
+    detect_every_n: int = 1
+    classify_every_n: int = 1
+    times: StageTimes = field(default_factory=StageTimes)
+    _frames_seen: int = 0
+
+    def analyse(self, frame: Frame) -> list[FaceResult]:
+        """Detect, track, classify and smooth; no drawing."""
+        clock = time.perf_counter
+        image = frame.image_bgr
+        run_detector = self._frames_seen % self.detect_every_n == 0
+        classify_now = self._frames_seen % self.classify_every_n == 0
+        self._frames_seen += 1
+
+        t0 = clock()
+        boxes = self.detector.detect(image) if run_detector else None
+        t1 = clock()
+        tracks = self.tracker.update(boxes, frame.timestamp_s)
+        t2 = clock()
+        to_classify = [t for t in tracks if t.missed_frames == 0 and classify_now]
+        raw_list = self.classifier.classify(image, [t.box for t in to_classify]) if to_classify else []
+        raw_by_id = {t.track_id: s for t, s in zip(to_classify, raw_list)}
+        t3 = clock()
+        results = []
+        for track in tracks:
+            raw = raw_by_id.get(track.track_id)
+            smoothed, shown = self.smoother.update(track.track_id, raw, frame.timestamp_s)
+            results.append(
+                FaceResult(track.track_id, track.box, shown, smoothed, raw, track.missed_frames)
+            )
+        self.smoother.forget({t.track_id for t in tracks})
+        t4 = clock()
+        self.times = StageTimes(t1 - t0, t2 - t1, t3 - t2, t4 - t3, 0.0)
+        return results
+
+    def process(self, frame: Frame) -> tuple[np.ndarray, list[FaceResult]]:
+        """Run every stage on one frame; return the composed image and results."""
+        results = self.analyse(frame) if self.mode != "off" else []
+        t0 = time.perf_counter()
+        image = self.compositor.compose(frame.image_bgr, results, self.mode)
+        self.times.compose = time.perf_counter() - t0
+        return image, results
+
+    def set_mode(self, mode: str) -> None:
+        self.mode = mode
+
+
+def build_pipeline(config: Config) -> Pipeline:
+    """The real stages, configured. Loads model and emoji files (may raise
+    ``emojicam.errors.SetupError`` naming the missing file and the fix)."""
+    from emojicam.classify import TFLiteClassifier
+    from emojicam.compose import EmojiCompositor
+    from emojicam.detect import create_detector
+    from emojicam.smooth import HysteresisSmoother
+    from emojicam.track import IoUTracker
+
+    return Pipeline(
+        detector=create_detector(config.detector),
+        tracker=IoUTracker(config.tracker),
+        classifier=TFLiteClassifier.create(config.classifier),
+        smoother=HysteresisSmoother(config.smoothing),
+        compositor=EmojiCompositor.create(config.emoji, config.privacy),
+        mode=config.mode,
+        detect_every_n=config.detector.every_n_frames,
+        classify_every_n=config.classifier.every_n_frames,
+    )
+
+
+def reconfigure(pipeline: Pipeline, old: Config, new: Config) -> Pipeline:
+    """Apply a new config to a running pipeline, rebuilding only the stages
+    whose settings changed (tracks and smoothing survive a mode switch)."""
+    if dataclasses.replace(old, mode=new.mode) == new:
+        pipeline.set_mode(new.mode)
+        return pipeline
+    return build_pipeline(new)

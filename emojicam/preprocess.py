@@ -1,0 +1,80 @@
+"""Face crop -> model input. Shared by the runtime and by ``train/``.
+
+The classifier was trained on FER-2013: 48x48 grayscale faces, cropped
+tightly from the brow to the chin. The runtime must feed it images made the
+same way, so this module is the one place that defines that transformation.
+``train/`` imports it; it never imports anything from ``train/``.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+#: Side of the square grayscale image the model takes.
+MODEL_INPUT_SIDE = 48
+
+#: FER-2013 crops are a little tighter than typical detector boxes at the top
+#: and looser at the sides; these fractions of the box size are added around
+#: (or, when negative, removed from) a detector box before resizing.
+CROP_MARGIN_X = 0.0
+CROP_MARGIN_TOP = -0.05
+CROP_MARGIN_BOTTOM = 0.05
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """Return a 2-D uint8 grayscale image from gray, BGR or BGRA input."""
+    if image.ndim == 2:
+        return image
+    if image.ndim == 3 and image.shape[2] == 1:
+        return image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY)
+    raise ValueError(f"expected a gray, BGR or BGRA image, got shape {image.shape}")
+
+
+def crop_box_xywh(
+    box_xywh: tuple[int, int, int, int], image_size_wh: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """Expand a detector box to the FER-2013 framing, clipped to the image."""
+    x, y, w, h = box_xywh
+    img_w, img_h = image_size_wh
+    x0 = int(round(x - CROP_MARGIN_X * w))
+    x1 = int(round(x + w + CROP_MARGIN_X * w))
+    y0 = int(round(y - CROP_MARGIN_TOP * h))
+    y1 = int(round(y + h + CROP_MARGIN_BOTTOM * h))
+    x0, y0 = max(0, x0), max(0, y0)
+    x1, y1 = min(img_w, x1), min(img_h, y1)
+    return x0, y0, max(0, x1 - x0), max(0, y1 - y0)
+
+
+def face_to_model_input(face: np.ndarray) -> np.ndarray:
+    """Grayscale + resize one face crop to a (48, 48) uint8 array.
+
+    Values stay in 0..255: scaling to the network's range happens inside the
+    model, so the training data (already 48x48 uint8) and runtime crops meet
+    here unchanged.
+    """
+    gray = to_gray(face)
+    if gray.size == 0:
+        raise ValueError("empty face crop")
+    if gray.shape != (MODEL_INPUT_SIDE, MODEL_INPUT_SIDE):
+        interpolation = (
+            cv2.INTER_AREA
+            if min(gray.shape) >= MODEL_INPUT_SIDE
+            else cv2.INTER_LINEAR
+        )
+        gray = cv2.resize(
+            gray, (MODEL_INPUT_SIDE, MODEL_INPUT_SIDE), interpolation=interpolation
+        )
+    return np.ascontiguousarray(gray, dtype=np.uint8)
+
+
+def batch_to_model_input(faces: list[np.ndarray]) -> np.ndarray:
+    """Stack face crops into the (N, 48, 48, 1) float32 batch the model takes."""
+    if not faces:
+        return np.zeros((0, MODEL_INPUT_SIDE, MODEL_INPUT_SIDE, 1), np.float32)
+    arr = np.stack([face_to_model_input(f) for f in faces]).astype(np.float32)
+    return arr[..., None]

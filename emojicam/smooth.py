@@ -1,0 +1,57 @@
+"""Temporal smoothing with hysteresis, so the shown emoji does not flicker.
+
+Per track: probabilities are averaged exponentially with a half-life in
+seconds (frame-rate independent). The shown emotion changes only when
+(1) the current one has been shown for ``min_hold_s`` and (2) the
+challenger's smoothed probability beats the current one by ``switch_margin``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from emojicam.config import SmoothingConfig
+from emojicam.types import Emotion, EmotionScores
+
+
+@dataclass
+class _TrackState:
+    probs: np.ndarray
+    shown: Emotion
+    shown_since_s: float
+    last_s: float
+
+
+@dataclass
+class HysteresisSmoother:
+    cfg: SmoothingConfig = field(default_factory=SmoothingConfig)
+    _state: dict[int, _TrackState] = field(default_factory=dict)
+
+    def update(
+        self, track_id: int, scores: EmotionScores | None, timestamp_s: float
+    ) -> tuple[EmotionScores, Emotion]:
+        st = self._state.get(track_id)
+        if st is None:
+            first = scores or EmotionScores.uniform()
+            st = _TrackState(first.probs.copy(), first.top, timestamp_s, timestamp_s)
+            self._state[track_id] = st
+            return EmotionScores(st.probs), st.shown
+        if scores is not None:
+            dt = max(0.0, timestamp_s - st.last_s)
+            hl = self.cfg.half_life_s
+            keep = 0.0 if hl <= 0 else 0.5 ** (dt / hl)
+            st.probs = keep * st.probs + (1.0 - keep) * scores.probs
+            st.last_s = timestamp_s
+        challenger = Emotion.ordered()[int(np.argmax(st.probs))]
+        if challenger != st.shown:
+            held = timestamp_s - st.shown_since_s >= self.cfg.min_hold_s
+            lead = st.probs[challenger.index] - st.probs[st.shown.index]
+            if held and lead >= self.cfg.switch_margin:
+                st.shown, st.shown_since_s = challenger, timestamp_s
+        return EmotionScores(st.probs), st.shown
+
+    def forget(self, keep_ids: set[int]) -> None:
+        for tid in [t for t in self._state if t not in keep_ids]:
+            del self._state[tid]

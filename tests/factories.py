@@ -1,0 +1,243 @@
+"""Factories for test inputs. Shared by all test modules: add, do not rename."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from emojicam.types import Emotion, EmotionScores, FaceBox, FaceResult, Frame
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+FER_NPZ = SHARED / "data" / "fer2013.npz"
+SELFIE_MP4 = SHARED / "data" / "video" / "selfie_outdoor.mp4"
+
+
+def make_image(size_wh: tuple[int, int] = (640, 480), value: int = 90, seed: int | None = 0) -> np.ndarray:
+    """A BGR uint8 image: flat grey plus mild noise (deterministic)."""
+    w, h = size_wh
+    image = np.full((h, w, 3), value, np.uint8)
+    if seed is not None:
+        noise = np.random.default_rng(seed).integers(-10, 10, (h, w, 3))
+        image = np.clip(image.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+    return image
+
+
+def make_frame(size_wh: tuple[int, int] = (640, 480), index: int = 0, timestamp_s: float | None = None,
+               image_bgr: np.ndarray | None = None) -> Frame:
+    image = make_image(size_wh) if image_bgr is None else image_bgr
+    return Frame(image, index, index / 30.0 if timestamp_s is None else timestamp_s)
+
+
+def make_box(x: int = 200, y: int = 120, w: int = 160, h: int = 160, score: float = 0.9,
+             eyes: bool = False) -> FaceBox:
+    if not eyes:
+        return FaceBox(x, y, w, h, score)
+    # subject's right eye on the image's left
+    return FaceBox(x, y, w, h, score, left_eye_xy=(x + 0.7 * w, y + 0.4 * h),
+                   right_eye_xy=(x + 0.3 * w, y + 0.4 * h))
+
+
+def make_scores(top: Emotion = Emotion.HAPPY, confidence: float = 0.8) -> EmotionScores:
+    rest = (1.0 - confidence) / (len(Emotion) - 1)
+    return EmotionScores(np.array([confidence if e is top else rest for e in Emotion], np.float32))
+
+
+def make_result(box: FaceBox | None = None, emotion: Emotion = Emotion.HAPPY, track_id: int = 1,
+                confidence: float = 0.8, missed_frames: int = 0) -> FaceResult:
+    scores = make_scores(emotion, confidence)
+    return FaceResult(track_id, box or make_box(), emotion, scores, scores, missed_frames)
+
+
+def fer_private_sample(n: int = 350, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed random sample of FER-2013 PrivateTest (exact pixels only)."""
+    with np.load(FER_NPZ) as d:
+        mask = (d["usage"] == 2) & (d["pixels_exact"] == 1)
+        images, labels = d["images"][mask], d["labels"][mask]
+    pick = np.random.default_rng(seed).choice(len(images), n, replace=False)
+    return images[pick], labels[pick]
+
+
+# ---------------------------------------------------------------- emoji / compositing (compose owner)
+
+
+def make_rolled_box(x: int = 200, y: int = 120, w: int = 160, h: int = 160, roll_deg: float = 20.0,
+                    score: float = 0.9) -> FaceBox:
+    """A box whose eyes give ``FaceBox.roll_deg == roll_deg`` (clockwise positive)."""
+    import math
+
+    cx, cy, half = x + w / 2.0, y + 0.4 * h, 0.2 * w
+    dx, dy = half * math.cos(math.radians(roll_deg)), half * math.sin(math.radians(roll_deg))
+    return FaceBox(x, y, w, h, score, left_eye_xy=(cx + dx, cy + dy), right_eye_xy=(cx - dx, cy - dy))
+
+
+def make_scene(size_wh: tuple[int, int] = (320, 240), seed: int = 0) -> np.ndarray:
+    """A deterministic textured BGR uint8 scene (gradients, disks, fine noise):
+    detail everywhere, so any pixel a compositor touches or leaks shows."""
+    import cv2
+
+    w, h = size_wh
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    image = np.dstack([xx / max(w - 1, 1) * 200 + 30, yy / max(h - 1, 1) * 180 + 40,
+                       (xx + yy) % 64 * 3]).astype(np.uint8)
+    rng = np.random.default_rng(seed)
+    for _ in range(6):
+        centre = (int(rng.integers(0, max(w, 1))), int(rng.integers(0, max(h, 1))))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        cv2.circle(image, centre, int(rng.integers(5, max(6, min(w, h) // 4))), colour, -1, cv2.LINE_AA)
+    noise = rng.integers(-12, 13, image.shape)
+    return np.clip(image.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+
+
+def make_rgba_art(side_px: int = 64, rgb: tuple[int, int, int] = (250, 60, 60), radius_frac: float = 0.45,
+                  hole_frac: float = 0.0, hidden_rgb: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+    """Straight RGBA uint8 emoji art: an anti-aliased disk of ``rgb``; with
+    ``hole_frac > 0`` a transparent hole of that radius in the middle.
+    ``hidden_rgb`` is the colour stored under fully transparent pixels."""
+    import cv2
+
+    ss, shift = 4, 4  # 4x supersampling; centre given with 4 fractional bits
+    alpha = np.zeros((side_px * ss, side_px * ss), np.uint8)
+    c = round((side_px * ss - 1) / 2 * 16)
+    cv2.circle(alpha, (c, c), round(radius_frac * side_px * ss * 16), 255, -1, cv2.LINE_8, shift)
+    if hole_frac > 0:
+        cv2.circle(alpha, (c, c), round(hole_frac * side_px * ss * 16), 0, -1, cv2.LINE_8, shift)
+    alpha = cv2.resize(alpha, (side_px, side_px), interpolation=cv2.INTER_AREA)
+    rgba = np.empty((side_px, side_px, 4), np.uint8)
+    rgba[:, :, :3] = rgb
+    rgba[alpha == 0, :3] = hidden_rgb
+    rgba[:, :, 3] = alpha
+    return rgba
+
+
+def write_png(path: Path, image: np.ndarray, mode: str | None = None) -> Path:
+    """Write an RGBA, RGB or grayscale uint8 array as a PNG with Pillow,
+    converted to Pillow ``mode`` (e.g. "P", "LA") when given."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im = Image.fromarray(image)
+    (im.convert(mode) if mode else im).save(path)
+    return path
+
+
+# ---------------------------------------------------------------- daemon (engine, sinks, v4l2) factories
+
+
+class FakeDetector:
+    """Returns the same boxes for every image (optionally slowly)."""
+
+    def __init__(self, boxes: list[FaceBox] | None = None, delay_s: float = 0.0) -> None:
+        self.boxes = [make_box()] if boxes is None else boxes
+        self.delay_s = delay_s
+        self.calls = 0
+
+    def detect(self, image_bgr: np.ndarray) -> list[FaceBox]:
+        import time
+
+        self.calls += 1
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return list(self.boxes)
+
+
+class FakeClassifier:
+    """Returns fixed scores (``top`` at ``confidence``) for every box."""
+
+    def __init__(self, top: Emotion = Emotion.HAPPY, confidence: float = 0.9) -> None:
+        self.scores = make_scores(top, confidence)
+
+    def classify(self, image_bgr: np.ndarray, boxes) -> list[EmotionScores]:
+        return [self.scores for _ in boxes]
+
+
+def make_fake_pipeline(boxes: list[FaceBox] | None = None, mode: str = "replace", delay_s: float = 0.0,
+                       top: Emotion = Emotion.HAPPY):
+    """A Pipeline with a fake detector and classifier and the real tracker,
+    smoother and compositor (bundled emoji, or drawn placeholders)."""
+    from emojicam.compose import EmojiCompositor
+    from emojicam.config import EmojiConfig, PrivacyConfig, SmoothingConfig, TrackerConfig
+    from emojicam.pipeline import Pipeline
+    from emojicam.smooth import HysteresisSmoother
+    from emojicam.track import IoUTracker
+
+    return Pipeline(
+        detector=FakeDetector(boxes, delay_s),
+        tracker=IoUTracker(TrackerConfig()),
+        classifier=FakeClassifier(top),
+        smoother=HysteresisSmoother(SmoothingConfig()),
+        compositor=EmojiCompositor.create(EmojiConfig(), PrivacyConfig()),
+        mode=mode,
+    )
+
+
+def write_test_video(path: Path, n_frames: int = 60, size_wh: tuple[int, int] = (320, 240),
+                     fps: float = 30.0, value: int = 90) -> Path:
+    """A short MJPG .avi of flat grey frames with a frame counter bar at the
+    bottom (so consecutive frames differ)."""
+    import cv2
+
+    w, h = size_wh
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (w, h))
+    if not writer.isOpened():
+        raise RuntimeError(f"cannot write {path}")
+    for i in range(n_frames):
+        image = np.full((h, w, 3), value, np.uint8)
+        x = int((i % n_frames) / n_frames * (w - 8))
+        image[h - 8:h, x:x + 8] = 255
+        writer.write(image)
+    writer.release()
+    return path
+
+
+def make_sysfs_tree(root: Path, devices: list[tuple[int, str, bool]]) -> Path:
+    """A fake ``/sys`` with ``class/video4linux/videoN/name`` for each
+    ``(number, card_label, is_loopback)``; real cameras get a ``device`` link
+    target (a folder), as on a real system. Returns ``root``."""
+    base = root / "class" / "video4linux"
+    base.mkdir(parents=True, exist_ok=True)
+    for number, label, is_loopback in devices:
+        d = base / f"video{number}"
+        d.mkdir()
+        (d / "name").write_text(label + "\n")
+        if not is_loopback:
+            (d / "device").mkdir()
+    return root
+
+
+class RecordingBackend:
+    """A pyvirtualcam backend that records what is sent (register it with
+    ``pyvirtualcam.register_backend``). Keeps the last ``keep`` frames."""
+
+    instances: list[RecordingBackend] = []
+    keep = 40
+    fail_sends = False  # set True to make send() raise (a failing device)
+
+    def __init__(self, *, width: int, height: int, fps: float, fourcc: int, device: str | None, **kw) -> None:
+        import time
+
+        self.width, self.height, self.fps, self.fourcc = width, height, fps, fourcc
+        self._device = device or "/dev/video-test"
+        self.frames: list[np.ndarray] = []
+        self.times: list[float] = []
+        self.count = 0
+        self.closed = False
+        self._clock = time.monotonic
+        RecordingBackend.instances.append(self)
+
+    def send(self, frame: np.ndarray) -> None:
+        if RecordingBackend.fail_sends:
+            raise OSError("device write failed (test)")
+        self.count += 1
+        self.times.append(self._clock())
+        self.frames.append(frame.reshape(self.height, self.width, 3).copy())
+        del self.frames[:-self.keep]
+
+    def close(self) -> None:
+        self.closed = True
+
+    def device(self) -> str:
+        return self._device
+
+    def native_fourcc(self) -> int | None:
+        return None

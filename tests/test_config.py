@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from emojicam import config as cfgmod
+from emojicam.config import Config, ConfigError, from_dict, load_config, parse_yaml
+
+REPO_CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
+
+
+def _flatten(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.default_factory) if callable(f.default_factory) else False:
+            keys += _flatten(f.default_factory, f"{f.name}.")  # type: ignore[arg-type]
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def test_repo_config_documents_every_setting_with_its_default():
+    data = yaml.safe_load(REPO_CONFIG.read_text())
+    assert from_dict(data) == Config(), "config.yaml must hold exactly the dataclass defaults"
+    documented = []
+    for key, value in data.items():
+        documented += [f"{key}.{k}" for k in value] if isinstance(value, dict) else [key]
+    assert sorted(documented) == sorted(_flatten(Config))
+    # every setting line carries a comment
+    lines = [ln for ln in REPO_CONFIG.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    leafs = [ln for ln in lines if not ln.rstrip().endswith(":")]
+    undocumented = [ln for ln in leafs if "#" not in ln and not ln.startswith("mode:")]
+    assert undocumented == []
+
+
+def test_layers_user_file_then_explicit_path(tmp_path, monkeypatch):
+    user = tmp_path / "user.yaml"
+    user.write_text("mode: label\ncamera:\n  width: 640\n")
+    explicit = tmp_path / "explicit.yaml"
+    explicit.write_text("camera:\n  height: 360\n")
+    monkeypatch.setattr(cfgmod, "user_config_path", lambda: user)
+    cfg = load_config(explicit)
+    assert (cfg.mode, cfg.camera.width, cfg.camera.height) == ("label", 640, 360)
+    assert cfg.camera.fps == 30.0  # untouched default
+    assert load_config(explicit, use_user_file=False).mode == "replace"
+
+
+def test_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Config().mode = "off"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"mode": "smile"}, "f.yaml: mode: expected one of replace, decorate, label, off, got 'smile'"),
+        ({"smoothing": {"min_hold_s": -1}}, "f.yaml: smoothing.min_hold_s: expected a number from 0 to 10, got -1"),
+        ({"camera": {"width": 12.5}}, "f.yaml: camera.width: expected a whole number from 16 to 7680, got 12.5"),
+        ({"camera": {"mirror": "yes"}}, "f.yaml: camera.mirror: expected true or false, got 'yes'"),
+        ({"detectr": {}}, "did you mean 'detector'?"),
+        ({"camera": {"widht": 3}}, "f.yaml: camera.widht: unknown setting (did you mean 'camera.width'?)"),
+        ({"camera": 5}, "f.yaml: camera: expected a mapping, got a number"),
+        ({"sink": {"name": ""}}, "f.yaml: sink.name: expected a non-empty string, got ''"),
+        ({"detector": {"min_score": float("nan")}}, "f.yaml: detector.min_score: expected a number"),
+    ],
+)
+def test_invalid_values_name_file_key_expected_and_actual(data, message):
+    with pytest.raises(ConfigError) as err:
+        from_dict(data, source="f.yaml")
+    assert message in str(err.value)
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text("mode: replace\ncamera:\n  width: [1280\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: line \d+, column \d+: YAML syntax error"):
+        load_config(bad, use_user_file=False)
+
+
+def test_error_names_the_layer_that_is_wrong(tmp_path, monkeypatch):
+    user = tmp_path / "user.yaml"
+    user.write_text("tracker:\n  hold_s: 99\n")
+    monkeypatch.setattr(cfgmod, "user_config_path", lambda: user)
+    with pytest.raises(ConfigError, match="user.yaml: tracker.hold_s"):
+        load_config()
+
+
+def test_missing_explicit_file():
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config("/nonexistent/emojicam.yaml")
+
+
+def test_yaml_is_loaded_safely():
+    with pytest.raises(ConfigError):
+        parse_yaml("!!python/object/apply:os.system ['echo pwned']", "evil.yaml")
+
+
+def test_with_mode():
+    assert Config().with_mode("label").mode == "label"
+    with pytest.raises(ConfigError, match="mode"):
+        Config().with_mode("nope")
+
+
+# Any YAML document either loads into a valid Config or raises ConfigError.
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
+                     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12))
+_keys = st.one_of(st.sampled_from(_flatten(Config) + [k.split(".")[0] for k in _flatten(Config)]),
+                  st.text(max_size=8))
+_values = st.recursive(_scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(_keys, inner, max_size=4)), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(_keys, _values, max_size=5))
+def test_fuzz_structured_documents(doc):
+    text = yaml.safe_dump(doc)
+    try:
+        cfg = from_dict(parse_yaml(text, "fuzz.yaml"), "fuzz.yaml")
+    except ConfigError as exc:
+        assert str(exc).startswith("fuzz.yaml")
+    else:
+        assert isinstance(cfg, Config)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200))
+def test_fuzz_arbitrary_text(text):
+    try:
+        cfg = from_dict(parse_yaml(text, "fuzz.yaml"), "fuzz.yaml")
+    except ConfigError as exc:
+        assert "fuzz.yaml" in str(exc)
+    else:
+        assert isinstance(cfg, Config)

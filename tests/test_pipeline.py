@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from emojicam.config import ClassifierConfig, Config, SmoothingConfig, TrackerConfig
+from emojicam.pipeline import Pipeline, reconfigure
+from emojicam.smooth import HysteresisSmoother
+from emojicam.track import IoUTracker
+from emojicam.types import Emotion, EmotionScores, FaceBox, FaceResult
+from tests.factories import make_box, make_frame, make_scores
+
+
+@dataclasses.dataclass
+class FakeDetector:
+    boxes: list[FaceBox]
+    calls: int = 0
+
+    def detect(self, image_bgr: np.ndarray) -> list[FaceBox]:
+        self.calls += 1
+        return list(self.boxes)
+
+
+@dataclasses.dataclass
+class FakeClassifier:
+    emotion: Emotion = Emotion.HAPPY
+    batches: list[int] = dataclasses.field(default_factory=list)
+
+    def classify(self, image_bgr: np.ndarray, boxes: Sequence[FaceBox]) -> list[EmotionScores]:
+        self.batches.append(len(boxes))
+        return [make_scores(self.emotion, 0.9) for _ in boxes]
+
+
+class RecordingCompositor:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+
+    def compose(self, image_bgr: np.ndarray, results: Sequence[FaceResult], mode: str) -> np.ndarray:
+        self.calls.append((mode, len(results)))
+        out = image_bgr.copy()
+        for r in results:
+            out[r.box.y : r.box.y + r.box.h, r.box.x : r.box.x + r.box.w] = 255
+        return out
+
+
+def make_pipeline(boxes=None, detect_every_n=1, classify_every_n=1, mode="replace"):
+    return Pipeline(
+        FakeDetector(boxes if boxes is not None else [make_box()]),
+        IoUTracker(TrackerConfig()),
+        FakeClassifier(),
+        HysteresisSmoother(SmoothingConfig()),
+        RecordingCompositor(),
+        mode=mode,
+        detect_every_n=detect_every_n,
+        classify_every_n=classify_every_n,
+    )
+
+
+def test_process_runs_every_stage_and_leaves_input_untouched():
+    p = make_pipeline([make_box(10, 10, 50, 50), make_box(200, 100, 80, 80)])
+    frame = make_frame()
+    before = frame.image_bgr.copy()
+    image, results = p.process(frame)
+    np.testing.assert_array_equal(frame.image_bgr, before)
+    assert len(results) == 2 and {r.emotion for r in results} == {Emotion.HAPPY}
+    assert p.classifier.batches == [2]  # all faces in one batch
+    assert (image[10:60, 10:60] == 255).all()
+    assert p.times.detect >= 0 and p.times.compose >= 0
+
+
+def test_track_ids_stable_across_frames():
+    p = make_pipeline()
+    ids = {p.process(make_frame(index=i))[1][0].track_id for i in range(5)}
+    assert ids == {1}
+
+
+def test_detect_and_classify_every_n():
+    p = make_pipeline(detect_every_n=3, classify_every_n=2)
+    for i in range(6):
+        _, results = p.process(make_frame(index=i))
+        assert len(results) == 1
+    assert p.detector.calls == 2
+    assert p.classifier.batches == [1, 1, 1]
+
+
+def test_off_mode_skips_analysis():
+    p = make_pipeline(mode="off")
+    image, results = p.process(make_frame())
+    assert results == [] and p.detector.calls == 0
+    assert p.compositor.calls == [("off", 0)]
+
+
+def test_missed_face_is_still_reported_with_last_box():
+    p = make_pipeline()
+    p.process(make_frame(index=0))
+    p.detector.boxes = []
+    _, results = p.process(make_frame(index=1))
+    assert len(results) == 1 and results[0].missed_frames == 1 and results[0].raw is None
+
+
+def test_reconfigure_mode_only_keeps_stages():
+    p = make_pipeline()
+    old = Config()
+    same = reconfigure(p, old, old.with_mode("label"))
+    assert same is p and p.mode == "label"
+
+
+def test_reconfigure_other_setting_rebuilds(monkeypatch):
+    import emojicam.pipeline as pl
+
+    built = []
+    monkeypatch.setattr(pl, "build_pipeline", lambda cfg: built.append(cfg) or "new")
+    new = dataclasses.replace(Config(), classifier=ClassifierConfig(threads=2))
+    assert reconfigure(make_pipeline(), Config(), new) == "new" and built == [new]

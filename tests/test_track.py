@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from emojicam.config import TrackerConfig
+from emojicam.track import IoUTracker
+from tests.factories import make_box
+
+
+def test_identity_kept_while_face_moves():
+    tracker = IoUTracker(TrackerConfig(iou_threshold=0.3, hold_s=0.5))
+    ids = set()
+    for i in range(10):
+        (track,) = tracker.update([make_box(x=200 + 5 * i)], i / 30)
+        ids.add(track.track_id)
+        assert track.missed_frames == 0
+    assert ids == {1}
+
+
+def test_two_faces_keep_their_own_ids_when_order_swaps():
+    tracker = IoUTracker()
+    left, right = make_box(x=10), make_box(x=400)
+    first = {t.box.x: t.track_id for t in tracker.update([left, right], 0.0)}
+    second = {t.box.x: t.track_id for t in tracker.update([right, left], 0.033)}
+    assert first == second
+
+
+def test_missed_face_is_held_then_dropped():
+    tracker = IoUTracker(TrackerConfig(hold_s=0.5))
+    tracker.update([make_box()], 0.0)
+    (held,) = tracker.update([], 0.3)
+    assert held.missed_frames == 1 and held.box == make_box()
+    assert tracker.update([], 0.6) == []
+
+
+def test_reappearing_face_after_hold_gets_new_id():
+    tracker = IoUTracker(TrackerConfig(hold_s=0.1))
+    (a,) = tracker.update([make_box()], 0.0)
+    tracker.update([], 0.5)
+    (b,) = tracker.update([make_box()], 0.6)
+    assert b.track_id != a.track_id
+
+
+def test_skipped_detection_carries_tracks_forward():
+    tracker = IoUTracker()
+    (a,) = tracker.update([make_box()], 0.0)
+    assert tracker.update(None, 0.03) == [a]
+
+
+def test_far_box_starts_new_track():
+    tracker = IoUTracker()
+    tracker.update([make_box(x=0)], 0.0)
+    tracks = tracker.update([make_box(x=400)], 0.03)
+    assert sorted(t.track_id for t in tracks) == [1, 2]
+    assert [t.missed_frames for t in sorted(tracks, key=lambda t: t.track_id)] == [1, 0]

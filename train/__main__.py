@@ -1,0 +1,91 @@
+"""``python -m train``: fit, export, eval and plot the expression model.
+
+Examples::
+
+    python -m train fit --data ../shared/data/fer2013.npz --run base-cpu
+    python -m train export --run base-cpu --data ../shared/data/fer2013.npz
+    python -m train eval --model models/emotion.tflite --data ../shared/data/fer2013.npz
+    python -m train curves --run base-cpu -o models/training_curves.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
+DEFAULT_RUNS = Path(os.environ.get("EMOJICAM_TRAIN_DIR", Path.home() / ".cache" / "emojicam-train"))
+
+
+def _run_dir(name: str) -> Path:
+    p = Path(name)
+    return p if p.is_absolute() or "/" in name else DEFAULT_RUNS / name
+
+
+def main(argv: list[str] | None = None) -> int:
+    from train.fit import PRESETS, Recipe
+
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("fit", help="train or resume a run")
+    p.add_argument("--data", type=Path, required=True, help="fer2013.npz or fer2013.csv")
+    p.add_argument("--ferplus", type=Path, help="ferplus_votes.npz (for --ferplus-mix)")
+    p.add_argument("--run", required=True, help=f"run name (folder under {DEFAULT_RUNS}) or path")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    p.add_argument("--progress", choices=["auto", "bar", "line"], default="auto")
+    for field in dataclasses.fields(Recipe):
+        p.add_argument("--" + field.name.replace("_", "-"), type=type(field.default)
+                       if field.type != "bool" else lambda s: s.lower() in ("1", "true", "yes"))
+
+    p = sub.add_parser("export", help="export a run's best weights to int8 .tflite")
+    p.add_argument("--run", required=True)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=Path("models"))
+    p.add_argument("--weights", default="best.weights.h5")
+
+    p = sub.add_parser("eval", help="accuracy, per-class recall, confusion matrix of a .tflite")
+    p.add_argument("--model", type=Path, default=Path("models/emotion.tflite"))
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--split", choices=["public", "private"], default="private")
+    p.add_argument("--confusion-png", type=Path)
+    p.add_argument("--json", type=Path, help="also write the figures as JSON")
+
+    p = sub.add_parser("curves", help="plot a run's training curves")
+    p.add_argument("--run", required=True)
+    p.add_argument("-o", "--output", type=Path, required=True)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    if args.cmd == "fit":
+        from train.fit import fit
+
+        overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe)
+                     if getattr(args, f.name) is not None}
+        recipe = dataclasses.replace(PRESETS[args.preset], **overrides)
+        run_dir = _run_dir(args.run)
+        logging.getLogger("train").addHandler(logging.FileHandler(run_dir / "train.log")
+                                              if run_dir.mkdir(parents=True, exist_ok=True) is None
+                                              else logging.NullHandler())
+        fit(args.data, run_dir, recipe, ferplus_votes=args.ferplus, progress=args.progress)
+    elif args.cmd == "export":
+        from train.export import export
+
+        export(_run_dir(args.run), args.data, args.out, weights=args.weights)
+    elif args.cmd == "eval":
+        from train.evaluate import evaluate
+
+        evaluate(args.model, args.data, args.split, args.confusion_png, args.json)
+    elif args.cmd == "curves":
+        from train.evaluate import plot_curves
+
+        plot_curves(_run_dir(args.run), args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,103 @@
+"""Export a run to ``models/emotion.tflite`` (full-integer int8).
+
+The exported graph averages the network over the face and its mirror image
+(flip test-time augmentation), takes uint8 pixels and returns uint8
+probabilities. A labels file with the class order is written beside it, and
+a parity check compares the .tflite with the float Keras model on
+PrivateTest (top-1 agreement must be >= 99%).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from train import CLASS_NAMES
+from train.data import load_fer
+
+log = logging.getLogger("train")
+
+REPRESENTATIVE_IMAGES = 1000
+MIN_AGREEMENT = 0.99
+
+
+def load_float_model(run_dir: Path, weights: str = "best.weights.h5"):
+    import keras
+
+    from train.fit import Recipe
+    from train.model import build_model, with_flip_average
+
+    keras.mixed_precision.set_global_policy("float32")
+    recipe = Recipe(**json.loads((run_dir / "run.json").read_text())["recipe"])
+    model = build_model(recipe.arch, recipe.dropout)
+    model.load_weights(str(run_dir / weights))
+    return with_flip_average(model)
+
+
+def convert_int8(model, representative: np.ndarray) -> bytes:
+    import tensorflow as tf
+
+    def rep():
+        for i in range(len(representative)):
+            yield [representative[i : i + 1]]
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = rep
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.uint8
+    converter.inference_output_type = tf.uint8
+    return converter.convert()
+
+
+def tflite_predict(model_path: Path, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    from emojicam.classify import TFLiteClassifier
+
+    clf = TFLiteClassifier.create(model_path=model_path)
+    return np.concatenate([clf.predict(x[i : i + batch]) for i in range(0, len(x), batch)])
+
+
+def export(run_dir: Path, data: Path, out_dir: Path, weights: str = "best.weights.h5") -> dict:
+    model = load_float_model(run_dir, weights)
+    train = load_fer(data, "train")
+    rng = np.random.default_rng(0)
+    pick = rng.choice(len(train.images), REPRESENTATIVE_IMAGES, replace=False)
+    rep = train.images[pick][..., None].astype(np.float32)
+    tflite = convert_int8(model, rep)
+
+    private = load_fer(data, "private")
+    public = load_fer(data, "public")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_model = Path(tmp) / "emotion.tflite"
+        tmp_model.write_bytes(tflite)
+        tmp_model.with_suffix(".labels.txt").write_text("\n".join(CLASS_NAMES) + "\n")
+        report = {"file_bytes": len(tflite)}
+        for name, split in (("private", private), ("public", public)):
+            x = split.images[..., None].astype(np.float32)
+            p_float = model.predict(x, batch_size=256, verbose=0)
+            p_int8 = tflite_predict(tmp_model, x)
+            report[name] = {
+                "float_accuracy": float(np.mean(p_float.argmax(1) == split.labels)),
+                "int8_accuracy": float(np.mean(p_int8.argmax(1) == split.labels)),
+                "top1_agreement": float(np.mean(p_float.argmax(1) == p_int8.argmax(1))),
+            }
+        log.info("export report: %s", json.dumps(report, indent=2))
+        agreement = report["private"]["top1_agreement"]
+        if agreement < MIN_AGREEMENT:
+            raise SystemExit(
+                f"parity check failed: int8 agrees with float on {agreement:.2%} of PrivateTest "
+                f"(need {MIN_AGREEMENT:.0%}); nothing written"
+            )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tmp_model, out_dir / "emotion.tflite")
+        shutil.copy(tmp_model.with_suffix(".labels.txt"), out_dir / "emotion.labels.txt")
+    report["run"] = run_dir.name
+    report["weights"] = weights
+    (out_dir / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return report

@@ -1,0 +1,239 @@
+"""Resumable training loop.
+
+Everything a run needs to continue lives in its run folder (outside the
+repository by default): Keras' BackupAndRestore keeps the last finished
+epoch with optimizer state, ``best.weights.h5`` the best PublicTest epoch,
+``log.csv`` one row per epoch and ``run.json`` the recipe. Re-running the
+same command resumes where the last run stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from train.data import load_fer
+
+log = logging.getLogger("train")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    arch: str = "base"
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.05
+    warmup_epochs: float = 1.0
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    label_smoothing: float = 0.1
+    ferplus_mix: float = 0.0  # weight of FER+ vote distribution in the target
+    dropout: float = 0.4
+    erase_prob: float = 0.5
+    rotate_deg: float = 10.0
+    zoom: float = 0.1
+    seed: int = 1337
+    bf16: bool = True
+
+
+PRESETS = {
+    # Fits a CPU session of a few hours on 2 cores (~200-400 s/epoch).
+    "cpu": Recipe(),
+    # For a long multi-day CPU run or a GPU.
+    "long": Recipe(arch="large", epochs=120, lr=0.05),
+}
+
+
+def _augmenter(recipe: Recipe):
+    import keras
+    import tensorflow as tf
+
+    rotate = keras.layers.RandomRotation(
+        recipe.rotate_deg / 360.0, fill_mode="reflect", seed=recipe.seed, dtype="float32"
+    )
+    zoom = keras.layers.RandomZoom(
+        (-recipe.zoom, recipe.zoom), fill_mode="reflect", seed=recipe.seed + 1, dtype="float32"
+    )
+
+    def erase(x: tf.Tensor) -> tf.Tensor:
+        # Random erasing (Zhong et al. 2017), batched: one rectangle per image,
+        # applied with probability erase_prob, filled with noise.
+        n = tf.shape(x)[0]
+        side = tf.cast(48, tf.float32)
+        area = tf.random.uniform([n], 0.02, 0.25) * side * side
+        ratio = tf.exp(tf.random.uniform([n], np.log(0.3), np.log(3.3)))
+        h = tf.clip_by_value(tf.sqrt(area * ratio), 1.0, side)
+        w = tf.clip_by_value(tf.sqrt(area / ratio), 1.0, side)
+        y0 = tf.random.uniform([n]) * (side - h)
+        x0 = tf.random.uniform([n]) * (side - w)
+        grid = tf.range(48, dtype=tf.float32)
+        in_y = (grid[None, :] >= y0[:, None]) & (grid[None, :] < (y0 + h)[:, None])
+        in_x = (grid[None, :] >= x0[:, None]) & (grid[None, :] < (x0 + w)[:, None])
+        apply = tf.random.uniform([n]) < recipe.erase_prob
+        mask = in_y[:, :, None] & in_x[:, None, :] & apply[:, None, None]
+        noise = tf.random.uniform(tf.shape(x), 0.0, 255.0)
+        return tf.where(mask[..., None], noise, x)
+
+    def augment(x: tf.Tensor, y: tf.Tensor):
+        n = tf.shape(x)[0]
+        x = tf.pad(x, [[0, 0], [4, 4], [4, 4], [0, 0]], mode="REFLECT")
+        x = tf.image.random_crop(x, tf.stack([n, 48, 48, 1]))
+        x = tf.image.random_flip_left_right(x)
+        x = rotate(x, training=True)
+        x = tf.cast(zoom(x, training=True), tf.float32)
+        x = erase(x)
+        return x, y
+
+    return augment
+
+
+def _targets(labels: np.ndarray, soft: np.ndarray | None, mix: float) -> np.ndarray:
+    onehot = np.eye(7, dtype=np.float32)[labels]
+    if soft is None or mix <= 0:
+        return onehot
+    has_votes = soft.sum(axis=1, keepdims=True) > 0
+    blended = (1 - mix) * onehot + mix * soft
+    return np.where(has_votes, blended, onehot).astype(np.float32)
+
+
+def fit(
+    data: Path,
+    run_dir: Path,
+    recipe: Recipe,
+    *,
+    ferplus_votes: Path | None = None,
+    progress: str = "auto",
+) -> Path:
+    """Train (or resume) a run. Returns the path of the best weights."""
+    import keras
+    import tensorflow as tf
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest = run_dir / "run.json"
+    if manifest.exists():
+        saved = Recipe(**json.loads(manifest.read_text())["recipe"])
+        if saved != recipe:
+            raise SystemExit(
+                f"{manifest}: this run was started with a different recipe:\n"
+                f"  saved: {saved}\n  asked: {recipe}\n"
+                "Use the same options to resume, or a new --run name."
+            )
+    else:
+        manifest.write_text(
+            json.dumps({"recipe": asdict(recipe), "data": str(data)}, indent=2)
+        )
+
+    keras.utils.set_random_seed(recipe.seed)
+    if recipe.bf16:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+
+    train = load_fer(data, "train", ferplus_votes=ferplus_votes)
+    val = load_fer(data, "public", ferplus_votes=ferplus_votes)
+    y_train = _targets(train.labels, train.soft, recipe.ferplus_mix)
+    y_val = np.eye(7, dtype=np.float32)[val.labels]
+    x_train = train.images[..., None].astype(np.float32)
+    x_val = val.images[..., None].astype(np.float32)
+    log.info("train %d images, val %d images", len(x_train), len(x_val))
+
+    ds = (
+        tf.data.Dataset.from_tensor_slices((x_train, y_train))
+        .shuffle(len(x_train), seed=recipe.seed, reshuffle_each_iteration=True)
+        .batch(recipe.batch_size, drop_remainder=True)
+        .map(_augmenter(recipe), num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    val_ds = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(512)
+
+    steps_per_epoch = len(x_train) // recipe.batch_size
+    warmup = int(recipe.warmup_epochs * steps_per_epoch)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=recipe.lr * 0.1,
+        decay_steps=recipe.epochs * steps_per_epoch - warmup,
+        warmup_target=recipe.lr,
+        warmup_steps=warmup,
+        alpha=0.001,
+    )
+    optimizer = keras.optimizers.SGD(
+        learning_rate=schedule,
+        momentum=recipe.momentum,
+        nesterov=True,
+        weight_decay=recipe.weight_decay,
+    )
+    from train.model import build_model
+
+    model = build_model(recipe.arch, recipe.dropout)
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(
+            label_smoothing=recipe.label_smoothing
+        ),
+        metrics=["accuracy"],
+    )
+    log.info("model %s: %d parameters", model.name, model.count_params())
+
+    best = run_dir / "best.weights.h5"
+    verbose = {"bar": 1, "line": 2}.get(progress, 1 if sys.stdout.isatty() else 2)
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        keras.callbacks.ModelCheckpoint(
+            str(best),
+            monitor="val_accuracy",
+            mode="max",
+            save_best_only=True,
+            save_weights_only=True,
+            initial_value_threshold=_best_so_far(run_dir / "log.csv"),
+        ),
+        keras.callbacks.ModelCheckpoint(
+            str(run_dir / "last.weights.h5"), save_weights_only=True
+        ),
+        keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
+        _EpochTimer(run_dir / "epoch_times.csv"),
+    ]
+    model.fit(
+        ds,
+        epochs=recipe.epochs,
+        validation_data=val_ds,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+    (run_dir / "DONE").write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
+    return best
+
+
+def _best_so_far(log_csv: Path) -> float | None:
+    """Best val_accuracy already logged, so a resumed run never overwrites
+    ``best.weights.h5`` with a worse epoch."""
+    if not log_csv.exists():
+        return None
+    import csv
+
+    with log_csv.open() as f:
+        values = [float(r["val_accuracy"]) for r in csv.DictReader(f) if r.get("val_accuracy")]
+    return max(values) if values else None
+
+
+class _EpochTimer:
+    """Keras callback writing wall-clock seconds per epoch (for the model card)."""
+
+    def __new__(cls, path: Path):
+        import keras
+
+        class Timer(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.t0 = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                new = not path.exists()
+                with path.open("a") as f:
+                    if new:
+                        f.write("epoch,seconds,cpus\n")
+                    f.write(f"{epoch},{time.perf_counter() - self.t0:.1f},{os.cpu_count()}\n")
+
+        return Timer()
