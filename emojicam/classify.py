@@ -1,7 +1,7 @@
 """Expression classifier: our int8 ``emotion.tflite`` in the LiteRT interpreter.
 
-The interpreter comes from ``ai-edge-litert`` (the maintained TFLite runtime);
-``tflite-runtime`` is used only when it is missing. The model's class order is
+The interpreter comes from ``ai-edge-litert`` (the maintained TFLite runtime)
+or, when it is missing, ``tflite-runtime`` (see ``emojicam.litert``). The model's class order is
 read from ``<model>.labels.txt`` beside it and must equal ``Emotion``'s
 order, so a retrained model with another order cannot silently mislabel.
 """
@@ -19,24 +19,11 @@ import numpy as np
 from emojicam import assets
 from emojicam.config import ClassifierConfig
 from emojicam.errors import SetupError
+from emojicam.litert import open_interpreter
 from emojicam.preprocess import MODEL_INPUT_SIDE, batch_to_model_input, crop_box_xywh
 from emojicam.types import Emotion, EmotionScores, FaceBox
 
 log = logging.getLogger(__name__)
-
-
-def load_interpreter_class() -> Any:
-    """``Interpreter`` from ai-edge-litert, else from tflite-runtime."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        try:
-            from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
-        except ImportError as exc:
-            raise SetupError(
-                "no TFLite interpreter found; install it with 'pip install ai-edge-litert'"
-            ) from exc
-    return Interpreter
 
 
 def default_model_path() -> Path:
@@ -84,10 +71,8 @@ class TFLiteClassifier:
                 f"{labels_path_for(path)}: class order {labels} does not match EmojiCam's "
                 f"{expected}; re-export the model with 'python -m train export'"
             )
-        Interpreter = load_interpreter_class()
         try:
-            interp = Interpreter(model_path=str(path), num_threads=cfg.threads)
-            interp.allocate_tensors()
+            interp = open_interpreter(path, cfg.threads)
         except (ValueError, RuntimeError) as exc:
             raise SetupError(
                 f"{path}: not a valid TFLite model ({exc}); restore the bundled "

@@ -5,14 +5,14 @@ import pytest
 from tests.factories import FER_NPZ, SELFIE_MP4
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def fer_npz():
     if not FER_NPZ.exists():
         pytest.skip(f"FER-2013 data not found at {FER_NPZ} (needs ../shared beside the repo)")
     return FER_NPZ
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def selfie_mp4():
     if not SELFIE_MP4.exists():
         pytest.skip(f"selfie clip not found at {SELFIE_MP4} (needs ../shared beside the repo)")

@@ -27,7 +27,7 @@ log = logging.getLogger("train")
 @dataclass(frozen=True)
 class Recipe:
     arch: str = "base"
-    epochs: int = 30
+    epochs: int = 20
     batch_size: int = 128
     lr: float = 0.05
     warmup_epochs: float = 1.0
@@ -44,7 +44,7 @@ class Recipe:
 
 
 PRESETS = {
-    # Fits a CPU session of a few hours on 2 cores (~200-400 s/epoch).
+    # Fits one working session on 2 CPU cores (~200 s/epoch alone, ~350 s shared).
     "cpu": Recipe(),
     # For a long multi-day CPU run or a GPU.
     "long": Recipe(arch="large", epochs=120, lr=0.05),

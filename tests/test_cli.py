@@ -1,0 +1,160 @@
+"""End-to-end tests of the ``emojicam`` command, run as a subprocess from a
+temporary working directory (so an installed package must find its model,
+emoji and config without the source tree)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from emojicam.config import DetectorConfig
+from emojicam.detect import create_detector
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def emojicam_cmd() -> list[str]:
+    script = Path(sys.executable).with_name("emojicam")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "emojicam"]
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    if not Path(sys.executable).with_name("emojicam").exists():  # source tree run
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["XDG_CONFIG_HOME"] = str(cwd / "xdg-config")  # no user config leaks in
+    return subprocess.run([*emojicam_cmd(), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_version_and_help(tmp_path):
+    out = run_cli("--version", cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.startswith("emojicam ")
+    for sub in ("process", "classify"):
+        helped = run_cli(sub, "--help", cwd=tmp_path)
+        assert helped.returncode == 0 and "usage: emojicam" in helped.stdout
+
+
+@pytest.mark.parametrize(
+    ("make_input", "message"),
+    [
+        (lambda d: d / "missing.mp4", "missing.mp4: no such file"),
+        (lambda d: (d / "bad.mp4").write_text("not a video") and d / "bad.mp4", "not a readable video"),
+        (lambda d: (d / "bad.png").write_text("not an image") and d / "bad.png", "not a readable image"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tmp_path, make_input, message):
+    src = make_input(tmp_path)
+    out_name = "o.png" if str(src).endswith(".png") else "o.mp4"
+    out = run_cli("process", str(src), "-o", str(tmp_path / out_name), cwd=tmp_path)
+    assert out.returncode != 0
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+    assert out.stderr.strip().count("\n") == 0, out.stderr
+
+
+def test_bad_config_is_one_clear_line_and_debug_shows_traceback(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("smoothing:\n  min_hold_s: soon\n")
+    img = tmp_path / "in.png"
+    cv2.imwrite(str(img), np.zeros((64, 64, 3), np.uint8))
+    out = run_cli("--config", str(cfg), "process", str(img), "-o", str(tmp_path / "o.png"), cwd=tmp_path)
+    assert out.returncode == 2
+    assert "c.yaml: smoothing.min_hold_s: expected a number from 0 to 10, got 'soon'" in out.stderr
+    assert "Traceback" not in out.stderr
+    debug = run_cli("--debug", "--config", str(cfg), "process", str(img), "-o", str(tmp_path / "o.png"),
+                    cwd=tmp_path)
+    assert "Traceback" in debug.stderr
+
+
+@pytest.fixture(scope="module")
+def processed_selfie(tmp_path_factory, selfie_mp4):
+    work = tmp_path_factory.mktemp("e2e")
+    out = run_cli("process", str(selfie_mp4), "-o", str(work / "out.mp4"), "--mode", "replace",
+                  "--no-progress", cwd=work)
+    assert out.returncode == 0, out.stderr
+    return work / "out.mp4"
+
+
+def read_all(path: Path) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(f)
+    cap.release()
+    return frames
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_process_selfie_clip_replace(processed_selfie, selfie_mp4):
+    src = cv2.VideoCapture(str(selfie_mp4))
+    out = cv2.VideoCapture(str(processed_selfie))
+    assert out.get(cv2.CAP_PROP_FRAME_COUNT) == src.get(cv2.CAP_PROP_FRAME_COUNT) == 511
+    assert out.get(cv2.CAP_PROP_FPS) == pytest.approx(src.get(cv2.CAP_PROP_FPS), abs=0.01)
+    src.release(), out.release()
+    inputs, outputs = read_all(selfie_mp4), read_all(processed_selfie)
+    assert len(outputs) == 511 and outputs[0].shape == (480, 640, 3)
+    # Wherever a face is detected in the input, the output shows emoji there:
+    # the box region changed a lot and holds saturated emoji yellow.
+    detector = create_detector(DetectorConfig())
+    checked = 0
+    for i in range(0, 511, 25):
+        for box in detector.detect(inputs[i]):
+            x, y, w, h = box.xywh
+            a = inputs[i][y : y + h, x : x + w].astype(np.int16)
+            b = outputs[i][y : y + h, x : x + w]
+            assert np.abs(a - b).mean() > 30, f"frame {i}: face region barely changed"
+            hsv = cv2.cvtColor(b, cv2.COLOR_BGR2HSV)
+            yellow = ((hsv[..., 0] > 15) & (hsv[..., 0] < 35) & (hsv[..., 1] > 150)).mean()
+            assert yellow > 0.3, f"frame {i}: only {yellow:.0%} emoji-yellow in the face box"
+            checked += 1
+    assert checked >= 10
+
+
+@pytest.mark.shared_data
+def test_process_and_classify_image(tmp_path, selfie_mp4):
+    cap = cv2.VideoCapture(str(selfie_mp4))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, 100)
+    ok, frame = cap.read()
+    cap.release()
+    img = tmp_path / "face.png"
+    cv2.imwrite(str(img), frame)
+    out = run_cli("classify", str(img), "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    record = json.loads(out.stdout.strip().splitlines()[0])
+    assert record["path"] == str(img)
+    (face,) = record["faces"]
+    assert len(face["box"]) == 4 and face["emotion"] in face["scores"]
+    assert list(face["scores"]) == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+    assert sum(face["scores"].values()) == pytest.approx(1.0, abs=0.01)
+    for mode in ("replace", "decorate", "label", "off"):
+        res = run_cli("process", str(img), "-o", str(tmp_path / f"{mode}.png"), "--mode", mode, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        result = cv2.imread(str(tmp_path / f"{mode}.png"))
+        assert result.shape == frame.shape
+        changed = np.abs(result.astype(np.int16) - cv2.imread(str(img))).mean()
+        assert (changed == 0) == (mode == "off")
+
+
+def test_process_works_from_another_directory_with_image(tmp_path):
+    elsewhere = tmp_path / "somewhere"
+    elsewhere.mkdir()
+    img = elsewhere / "blank.jpg"
+    cv2.imwrite(str(img), np.full((120, 160, 3), 128, np.uint8))
+    out = run_cli("process", "blank.jpg", "-o", "blank_out.jpg", cwd=elsewhere)
+    assert out.returncode == 0, out.stderr
+    assert "0 face(s)" in out.stdout
+    assert (elsewhere / "blank_out.jpg").exists()
+    shutil.rmtree(elsewhere)
