@@ -12,6 +12,7 @@ of them. ``build_pipeline(config)`` wires the real ones.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,32 @@ import numpy as np
 
 from emojicam.config import Config
 from emojicam.types import Emotion, EmotionScores, FaceBox, FaceResult, Frame
+
+log = logging.getLogger(__name__)
+
+
+def as_bgr(image: np.ndarray) -> np.ndarray | None:
+    """The image as HxWx3 uint8 BGR (gray and BGRA converted), the same
+    object when it already is; None when it is empty or not an image."""
+    import cv2
+
+    if not isinstance(image, np.ndarray) or image.size == 0 or image.ndim not in (2, 3):
+        return None
+    if image.dtype != np.uint8:
+        if image.dtype == np.uint16:
+            image = (image >> 8).astype(np.uint8)
+        elif np.issubdtype(image.dtype, np.floating):
+            image = np.clip(np.nan_to_num(image) * (255.0 if image.max(initial=0) <= 1.0 else 1.0),
+                            0, 255).astype(np.uint8)
+        else:
+            return None
+    if image.ndim == 2 or image.shape[2] == 1:
+        return cv2.cvtColor(image.reshape(image.shape[:2]), cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    if image.shape[2] == 3:
+        return image
+    return None
 
 
 class Detector(Protocol):
@@ -91,8 +118,11 @@ class Pipeline:
     mode: str = "replace"
     detect_every_n: int = 1
     classify_every_n: int = 1
+    privacy_action: str | None = "blur"  # None: privacy fallback off
     times: StageTimes = field(default_factory=StageTimes)
+    failed_frames: int = 0
     _frames_seen: int = 0
+    _warned: set[str] = field(default_factory=set)
 
     def analyse(self, frame: Frame) -> list[FaceResult]:
         """Detect, track, classify and smooth; no drawing."""
@@ -124,12 +154,40 @@ class Pipeline:
         return results
 
     def process(self, frame: Frame) -> tuple[np.ndarray, list[FaceResult]]:
-        """Run every stage on one frame; return the composed image and results."""
-        results = self.analyse(frame) if self.mode != "off" else []
-        t0 = time.perf_counter()
-        image = self.compositor.compose(frame.image_bgr, results, self.mode)
-        self.times.compose = time.perf_counter() - t0
-        return image, results
+        """Run every stage on one frame; return the composed BGR image and results.
+
+        Never raises for a bad frame or a failing stage: gray and BGRA frames
+        are converted, an empty frame passes through, and a stage error is
+        logged once (per kind of error). After an error the frame passes
+        through unchanged, except in ``replace`` mode with privacy on, where
+        the whole frame is covered (blurred or blanked) instead: a face the
+        pipeline cannot vouch for is never shown.
+        """
+        image = as_bgr(frame.image_bgr)
+        if image is None:  # empty or unusable: nothing to protect or draw on
+            self._warn_once("frame", f"skipping unusable frame of shape {np.shape(frame.image_bgr)}")
+            return np.asarray(frame.image_bgr).copy(), []
+        if image is not frame.image_bgr:
+            frame = Frame(image, frame.index, frame.timestamp_s)
+        try:
+            results = self.analyse(frame) if self.mode != "off" else []
+            t0 = time.perf_counter()
+            out = self.compositor.compose(image, results, self.mode)
+            self.times.compose = time.perf_counter() - t0
+            return out, results
+        except Exception as exc:  # noqa: BLE001 - one frame must never take the daemon down
+            self._warn_once(type(exc).__name__, f"frame {frame.index} failed: {exc!r}")
+            self.failed_frames += 1
+            if self.mode == "replace" and self.privacy_action is not None:
+                from emojicam.compose import privacy_cover
+
+                return privacy_cover(image, self.privacy_action), []
+            return image.copy(), []
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("%s (further such warnings are suppressed)", message)
 
     def set_mode(self, mode: str) -> None:
         self.mode = mode
@@ -151,6 +209,7 @@ def build_pipeline(config: Config) -> Pipeline:
         smoother=HysteresisSmoother(config.smoothing),
         compositor=EmojiCompositor.create(config.emoji, config.privacy),
         mode=config.mode,
+        privacy_action=config.privacy.action if config.privacy.enabled else None,
         detect_every_n=config.detector.every_n_frames,
         classify_every_n=config.classifier.every_n_frames,
     )

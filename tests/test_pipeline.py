@@ -4,12 +4,13 @@ import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
+import pytest
 
 from emojicam.config import ClassifierConfig, Config, SmoothingConfig, TrackerConfig
 from emojicam.pipeline import Pipeline, reconfigure
 from emojicam.smooth import HysteresisSmoother
 from emojicam.track import IoUTracker
-from emojicam.types import Emotion, EmotionScores, FaceBox, FaceResult
+from emojicam.types import Emotion, EmotionScores, FaceBox, FaceResult, Frame
 from tests.factories import make_box, make_frame, make_scores
 
 
@@ -114,3 +115,60 @@ def test_reconfigure_other_setting_rebuilds(monkeypatch):
     monkeypatch.setattr(pl, "build_pipeline", lambda cfg: built.append(cfg) or "new")
     new = dataclasses.replace(Config(), classifier=ClassifierConfig(threads=2))
     assert reconfigure(make_pipeline(), Config(), new) == "new" and built == [new]
+
+
+class ExplodingClassifier:
+    def classify(self, image_bgr, boxes):
+        raise RuntimeError("model failure")
+
+
+def test_stage_failure_covers_frame_in_replace_mode_and_warns_once(caplog):
+    p = make_pipeline()
+    p.classifier = ExplodingClassifier()
+    frame = make_frame(image_bgr=np.tile(np.arange(640, dtype=np.uint8)[None, :, None], (480, 1, 3)))
+    with caplog.at_level("WARNING"):
+        for i in range(5):
+            image, results = p.process(Frame(frame.image_bgr, i, i / 30))
+    assert results == [] and p.failed_frames == 5
+    # blurred: the sharp gradient detail is gone, not passed through
+    assert not np.array_equal(image, frame.image_bgr)
+    assert np.abs(np.diff(image.astype(int), axis=1)).max() <= 3
+    assert sum("model failure" in r.message for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize("mode", ["decorate", "label"])
+def test_stage_failure_passes_frame_through_in_other_modes(mode):
+    p = make_pipeline(mode=mode)
+    p.classifier = ExplodingClassifier()
+    frame = make_frame()
+    image, _ = p.process(frame)
+    np.testing.assert_array_equal(image, frame.image_bgr)
+
+
+def test_privacy_off_passes_through_even_in_replace():
+    p = make_pipeline()
+    p.privacy_action = None
+    p.classifier = ExplodingClassifier()
+    frame = make_frame()
+    np.testing.assert_array_equal(p.process(frame)[0], frame.image_bgr)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.zeros((0, 0, 3), np.uint8),
+        np.zeros((480, 640), np.uint8),
+        np.zeros((480, 640, 4), np.uint8),
+        np.zeros((480, 640, 1), np.uint8),
+        np.zeros((48, 64, 3), np.float32),
+        np.zeros((480, 640, 3), np.uint16),
+        np.zeros((4, 4, 7), np.uint8),
+    ],
+    ids=["empty", "gray", "bgra", "gray1", "float", "uint16", "7-channel"],
+)
+def test_odd_frames_never_raise(image):
+    p = make_pipeline()
+    out, results = p.process(Frame(image, 0, 0.0))
+    assert isinstance(out, np.ndarray)
+    if image.size and image.ndim in (2, 3) and (image.ndim == 2 or image.shape[2] in (1, 3, 4)):
+        assert out.shape == image.shape[:2] + (3,) and out.dtype == np.uint8
