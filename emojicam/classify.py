@@ -20,7 +20,13 @@ from emojicam import assets
 from emojicam.config import ClassifierConfig
 from emojicam.errors import SetupError
 from emojicam.litert import open_interpreter
-from emojicam.preprocess import MODEL_INPUT_SIDE, batch_to_model_input, crop_box_xywh
+from emojicam.preprocess import (
+    HAAR_CROP_MARGINS,
+    MODEL_INPUT_SIDE,
+    CropMargins,
+    batch_to_model_input,
+    crop_box_xywh,
+)
 from emojicam.types import Emotion, EmotionScores, FaceBox
 
 log = logging.getLogger(__name__)
@@ -52,6 +58,7 @@ class TFLiteClassifier:
     model_path: Path
     _in: dict[str, Any] = field(default_factory=dict)
     _out: dict[str, Any] = field(default_factory=dict)
+    crop_margins: CropMargins = HAAR_CROP_MARGINS  # set to the detector's (see preprocess.py)
     _batch: int = 1
     _dynamic_batch: bool = False
 
@@ -97,7 +104,7 @@ class TFLiteClassifier:
         size_wh = (image_bgr.shape[1], image_bgr.shape[0])
         crops = []
         for box in boxes:
-            x, y, w, h = crop_box_xywh(box.xywh, size_wh)
+            x, y, w, h = crop_box_xywh(box.xywh, size_wh, self.crop_margins)
             crops.append(image_bgr[y : y + h, x : x + w] if w > 0 and h > 0 else None)
         valid = [c for c in crops if c is not None and c.size > 0]
         probs = iter(self.predict(batch_to_model_input(valid)) if valid else [])

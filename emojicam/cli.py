@@ -88,12 +88,13 @@ def cmd_process(args: argparse.Namespace) -> int:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     from emojicam.classify import TFLiteClassifier
-    from emojicam.detect import create_detector
+    from emojicam.detect import create_detector, crop_margins_for
     from emojicam.files import read_image
 
     config = load_config(args.config)
     detector = create_detector(config.detector)
     classifier = TFLiteClassifier.create(config.classifier)
+    classifier.crop_margins = crop_margins_for(detector)
     for path in args.images:
         image = read_image(path)
         boxes = detector.detect(image)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -18,7 +19,7 @@ import numpy as np
 from emojicam.config import DetectorConfig
 from emojicam.errors import SetupError
 from emojicam.pipeline import Detector
-from emojicam.preprocess import to_gray
+from emojicam.preprocess import HAAR_CROP_MARGINS, CropMargins, to_gray
 from emojicam.types import FaceBox
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ def downscale_for_detection(image: np.ndarray, max_side_px: int) -> tuple[np.nda
 @dataclass
 class HaarDetector:
     """OpenCV Haar cascade on a downscaled grayscale copy."""
+
+    fer_crop_margins: ClassVar[CropMargins] = HAAR_CROP_MARGINS
 
     cascade: cv2.CascadeClassifier
     max_side_px: int = 480
@@ -70,6 +73,12 @@ class HaarDetector:
             for (x, y, w, h) in (found if len(found) else [])
         ]
         return boxes
+
+
+def crop_margins_for(detector: object) -> CropMargins:
+    """How to turn this detector's boxes into FER-2013-framed crops."""
+    margins = getattr(detector, "fer_crop_margins", HAAR_CROP_MARGINS)
+    return margins if isinstance(margins, CropMargins) else HAAR_CROP_MARGINS
 
 
 def create_detector(cfg: DetectorConfig) -> Detector:

@@ -198,14 +198,17 @@ def build_pipeline(config: Config) -> Pipeline:
     ``emojicam.errors.SetupError`` naming the missing file and the fix)."""
     from emojicam.classify import TFLiteClassifier
     from emojicam.compose import EmojiCompositor
-    from emojicam.detect import create_detector
+    from emojicam.detect import create_detector, crop_margins_for
     from emojicam.smooth import HysteresisSmoother
     from emojicam.track import IoUTracker
 
+    detector = create_detector(config.detector)
+    classifier = TFLiteClassifier.create(config.classifier)
+    classifier.crop_margins = crop_margins_for(detector)
     return Pipeline(
-        detector=create_detector(config.detector),
+        detector=detector,
         tracker=IoUTracker(config.tracker),
-        classifier=TFLiteClassifier.create(config.classifier),
+        classifier=classifier,
         smoother=HysteresisSmoother(config.smoothing),
         compositor=EmojiCompositor.create(config.emoji, config.privacy),
         mode=config.mode,

@@ -1,0 +1,86 @@
+"""The crop that turns a detector box into a FER-2013-framed model input.
+
+The margins in emojicam/preprocess.py were measured by running each detector
+on FER-2013 faces; these tests re-measure them so a detector change that
+breaks the framing (and so the classifier's accuracy) is caught.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from emojicam.config import DetectorConfig
+from emojicam.detect import HaarDetector, crop_margins_for
+from emojicam.preprocess import (
+    HAAR_CROP_MARGINS,
+    CropMargins,
+    batch_to_model_input,
+    crop_box_xywh,
+    face_to_model_input,
+)
+from tests.factories import make_image
+
+UPSCALE, PAD = 4, 96
+
+
+def test_crop_is_clipped_to_image_and_margins_apply():
+    assert crop_box_xywh((10, 10, 100, 100), (640, 480)) == (10, 10, 100, 100)
+    assert crop_box_xywh((10, 10, 100, 100), (640, 480), CropMargins(0.1, 0.2, 0.1, 0.0)) == (0, 0, 120, 110)
+    assert crop_box_xywh((600, 450, 100, 100), (640, 480)) == (600, 450, 40, 30)
+
+
+@pytest.mark.parametrize("shape", [(48, 48), (200, 160, 3), (30, 30, 4), (10, 12, 1)])
+def test_face_to_model_input_any_layout(shape):
+    out = face_to_model_input(np.full(shape, 77, np.uint8))
+    assert out.shape == (48, 48) and out.dtype == np.uint8 and (out == 77).all()
+
+
+def test_batch_shape_and_empty():
+    assert batch_to_model_input([]).shape == (0, 48, 48, 1)
+    batch = batch_to_model_input([make_image((60, 60)), make_image((90, 70))])
+    assert batch.shape == (2, 48, 48, 1) and batch.dtype == np.float32
+
+
+def measure_framing(detector, faces: np.ndarray) -> np.ndarray:
+    """Median (x, y, side) of the detector box relative to the FER crop."""
+    rel = []
+    side = 48 * UPSCALE
+    for face in faces:
+        big = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
+        canvas = cv2.copyMakeBorder(big, PAD, PAD, PAD, PAD, cv2.BORDER_REPLICATE)
+        boxes = detector.detect(cv2.cvtColor(canvas, cv2.COLOR_GRAY2BGR))
+        if len(boxes) == 1:
+            b = boxes[0]
+            rel.append(((b.x - PAD) / side, (b.y - PAD) / side, b.w / side))
+    assert len(rel) >= len(faces) // 2
+    return np.median(np.array(rel), axis=0)
+
+
+def expected_framing(m: CropMargins) -> np.ndarray:
+    side = 1.0 / (1.0 + m.left + m.right)  # box side relative to the FER crop
+    return np.array([m.left * side, m.top * side, side])
+
+
+@pytest.mark.shared_data
+def test_haar_margins_match_fer_framing(fer_npz):
+    with np.load(fer_npz) as d:
+        faces = d["images"][(d["usage"] == 1) & (d["pixels_exact"] == 1)][:120]
+    det = HaarDetector.create(DetectorConfig(max_side_px=2000, min_face_px=20))
+    assert crop_margins_for(det) == HAAR_CROP_MARGINS
+    np.testing.assert_allclose(measure_framing(det, faces), expected_framing(HAAR_CROP_MARGINS), atol=0.05)
+
+
+@pytest.mark.shared_data
+def test_blazeface_margins_match_fer_framing(fer_npz):
+    from emojicam.blazeface import BlazeFaceDetector, find_blazeface_model
+
+    if find_blazeface_model() is None:
+        pytest.skip("BlazeFace model not installed (run 'emojicam models install')")
+    with np.load(fer_npz) as d:
+        faces = d["images"][(d["usage"] == 1) & (d["pixels_exact"] == 1)][:120]
+    det = BlazeFaceDetector.create(DetectorConfig(min_face_px=10))
+    margins = crop_margins_for(det)
+    assert margins != HAAR_CROP_MARGINS
+    np.testing.assert_allclose(measure_framing(det, faces), expected_framing(margins), atol=0.05)
