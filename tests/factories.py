@@ -198,10 +198,10 @@ def make_sysfs_tree(root: Path, devices: list[tuple[int, str, bool]]) -> Path:
     base.mkdir(parents=True, exist_ok=True)
     for number, label, is_loopback in devices:
         d = base / f"video{number}"
-        d.mkdir()
+        d.mkdir(exist_ok=True)
         (d / "name").write_text(label + "\n")
         if not is_loopback:
-            (d / "device").mkdir()
+            (d / "device").mkdir(exist_ok=True)
     return root
 
 
@@ -241,3 +241,49 @@ class RecordingBackend:
 
     def native_fourcc(self) -> int | None:
         return None
+
+
+class FakeClock:
+    """An injectable monotonic clock; ``sleep`` advances it instantly."""
+
+    def __init__(self, start_s: float = 1000.0) -> None:
+        self.now_s = start_s
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now_s
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now_s += max(0.0, seconds)
+
+    def advance(self, seconds: float) -> None:
+        self.now_s += seconds
+
+
+def write_face_video(path: Path, n_frames: int = 90, size_wh: tuple[int, int] = (640, 480), fps: float = 30.0,
+                     face_px: int = 220, rows: tuple[int, ...] = (32305, 32308, 32310)) -> Path:
+    """A clip of real faces for live demos (needs FER-2013 beside the repo):
+    FER-2013 PrivateTest ``rows`` (by default a happy, a surprised and a sad
+    face that the Haar detector finds), upscaled to ``face_px``, drifting
+    sideways over a soft gradient, one third of the clip each."""
+    import cv2
+
+    with np.load(FER_NPZ) as d:
+        faces = [cv2.resize(d["images"][r], (face_px, face_px), interpolation=cv2.INTER_CUBIC) for r in rows]
+    w, h = size_wh
+    background = np.empty((h, w, 3), np.uint8)
+    background[:] = np.linspace(120, 200, w, dtype=np.uint8)[None, :, None]
+    background[:, :, 0] = np.linspace(170, 110, h, dtype=np.uint8)[:, None]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (w, h))
+    if not writer.isOpened():
+        raise RuntimeError(f"cannot write {path}")
+    for i in range(n_frames):
+        image = background.copy()
+        face = faces[min(len(faces) - 1, i * len(faces) // n_frames)]
+        x = int((w - face_px) / 2 + (w - face_px) / 4 * np.sin(2 * np.pi * i / n_frames))
+        y = (h - face_px) // 2
+        image[y:y + face_px, x:x + face_px] = face[:, :, None]
+        writer.write(image)
+    writer.release()
+    return path

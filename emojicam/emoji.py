@@ -1,0 +1,400 @@
+"""The emoji artwork: one image per ``Emotion``, ready for fast blending.
+
+``EmojiSet.load(folder)`` reads ``<emotion>.png`` (``angry.png`` ...) from a
+folder (None: the bundled ``emoji_pngs/``). Rules for a user's folder:
+
+* the folder must exist, else ``SetupError`` naming it and the fix;
+* a class file that is missing, cannot be decoded or has no visible pixel
+  falls back to the bundled file for that class (or, if that is broken too,
+  a drawn placeholder), with ONE warning for the whole set, never a crash;
+* a PNG without an alpha channel (RGB, grayscale, palette without
+  transparency) is used as a fully opaque square, and the same single warning
+  says so;
+* any size works; non-square art is centred on a transparent square, very
+  large art is reduced to ``MAX_SOURCE_SIDE_PX`` at load.
+
+Art is kept as premultiplied BGRA float32 (colour times alpha), so scaling and
+rotating never produce dark fringes. ``sprite(emotion, side_px, angle_deg)``
+returns a cached, blend-ready ``Sprite`` (premultiplied BGR and inverse alpha
+as uint8, what ``cv2.multiply``/``cv2.add`` need), keyed by
+(emotion, side, angle rounded to ``ANGLE_STEP_DEG``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from emojicam import assets
+from emojicam.errors import SetupError
+from emojicam.types import Emotion
+
+log = logging.getLogger(__name__)
+
+#: Art larger than this (per side) is reduced at load; the sprites are scaled from it.
+MAX_SOURCE_SIDE_PX = 512
+#: Rotations are rounded to this many degrees (cache key).
+ANGLE_STEP_DEG = 2.0
+#: Sprites larger than this are not cached (see ``EmojiSet.render_region``).
+MAX_CACHED_SIDE_PX = 1280
+#: Memory the sprite cache may hold.
+CACHE_BUDGET_BYTES = 96 * 1024 * 1024
+#: Alpha (0..1) from which a pixel counts as opaque when sizing the replace
+#: mask (the font has a few 253/255 pixels inside its faces; exact coverage
+#: comes from the fill under the emoji, see compose.py).
+OPAQUE_ALPHA = 0.95
+
+_PIL_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+
+
+def emoji_file_name(emotion: Emotion) -> str:
+    return f"{emotion.value}.png"
+
+
+@dataclass(frozen=True)
+class EmojiArt:
+    """One emoji, as loaded.
+
+    ``premul_bgra``: square float32 image, colour premultiplied by alpha, all
+    values in [0, 1]. ``opaque_radius_frac``: radius of the largest disk about
+    the centre that is fully opaque, as a fraction of the side (0.5 for an
+    opaque square; about 0.45 for the bundled round faces). ``fill_bgr``: the
+    art's typical opaque colour, used to fill under it where it must hide a
+    face completely. ``source``: the file it came from, None if drawn.
+    """
+
+    premul_bgra: np.ndarray
+    opaque_radius_frac: float
+    fill_bgr: tuple[int, int, int]
+    source: Path | None
+
+    @property
+    def side_px(self) -> int:
+        return int(self.premul_bgra.shape[0])
+
+    @classmethod
+    def from_premultiplied(cls, premul_bgra: np.ndarray, source: Path | None = None) -> EmojiArt:
+        art = _to_square(np.ascontiguousarray(premul_bgra, dtype=np.float32))
+        return cls(art, _opaque_radius_frac(art), _fill_colour(art), source)
+
+    @classmethod
+    def from_rgba8(cls, rgba: np.ndarray, source: Path | None = None) -> EmojiArt:
+        """From straight (not premultiplied) RGBA uint8, as PNGs store it."""
+        return cls.from_premultiplied(_premultiply_rgba8(rgba), source)
+
+
+@dataclass(frozen=True)
+class Sprite:
+    """A scaled (and maybe rotated) emoji ready to blend:
+    ``out = premul_bgr + image * inv_alpha / 255``. ``alpha`` is 0..255."""
+
+    premul_bgr: np.ndarray  # HxWx3 uint8
+    inv_alpha: np.ndarray  # HxWx3 uint8, 255 - alpha on every channel
+    alpha: np.ndarray  # HxW uint8
+
+    @property
+    def size_wh(self) -> tuple[int, int]:
+        return int(self.alpha.shape[1]), int(self.alpha.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return self.premul_bgr.nbytes + self.inv_alpha.nbytes + self.alpha.nbytes
+
+    @classmethod
+    def from_premultiplied(cls, premul_bgra: np.ndarray) -> Sprite:
+        """From float premultiplied BGRA in [0, 1] (values a resampler pushed
+        outside are clipped; colour is capped at alpha)."""
+        return cls.from_bgra8(_to_bgra8(premul_bgra))
+
+    @classmethod
+    def from_bgra8(cls, bgra8: np.ndarray) -> Sprite:
+        """From premultiplied BGRA uint8."""
+        alpha = np.ascontiguousarray(bgra8[:, :, 3])
+        if alpha.size == 1:  # OpenCV reads a 1x1x4 array as a scalar: plain numpy
+            premul_bgr = np.minimum(bgra8[:, :, :3], alpha[:, :, None])
+            return cls(premul_bgr, np.repeat(255 - alpha[:, :, None], 3, axis=2), alpha)
+        # OpenCV's SIMD ops: ~10x faster than numpy's strided channel slicing here.
+        premul_bgr = cv2.min(cv2.cvtColor(bgra8, cv2.COLOR_BGRA2BGR), cv2.merge([alpha] * 3))
+        inv_alpha = cv2.merge([255 - alpha] * 3)
+        return cls(premul_bgr, inv_alpha, alpha)
+
+
+class EmojiSet:
+    """All seven emoji plus a sprite cache. Build with ``EmojiSet.load``."""
+
+    def __init__(self, art: Mapping[Emotion, EmojiArt], folder: Path | None = None,
+                 cache_budget_bytes: int = CACHE_BUDGET_BYTES) -> None:
+        missing = [e.value for e in Emotion if e not in art]
+        if missing:
+            raise ValueError(f"EmojiSet needs art for every emotion; missing {', '.join(missing)}")
+        self.folder = folder
+        self._art = dict(art)
+        self._cache: OrderedDict[tuple[Emotion, int, float], Sprite] = OrderedDict()
+        self._cache_bytes = 0
+        self._cache_budget_bytes = cache_budget_bytes
+        self._lock = threading.Lock()  # the tray may ask for icons from another thread
+
+    # ------------------------------------------------------------ loading
+
+    @classmethod
+    def load(cls, folder: Path | str | None = None) -> EmojiSet:
+        """Load ``<emotion>.png`` for every class from ``folder`` (None: the
+        bundled set). Raises ``SetupError`` only when ``folder`` does not exist
+        (or, for None, when the bundled folder is missing)."""
+        bundled = _bundled_dir()
+        if folder is None:
+            if bundled is None:
+                raise SetupError(
+                    "the bundled emoji folder emoji_pngs/ is missing; reinstall EmojiCam "
+                    "with 'pip install .' from a complete checkout, or set emoji.folder to your own PNGs"
+                )
+            folder = bundled
+        folder = Path(folder).expanduser()
+        if not folder.is_dir():
+            what = "is not a folder" if folder.exists() else "does not exist"
+            raise SetupError(
+                f"emoji folder {folder} {what}; create it with {', '.join(_file_names())} "
+                "or set emoji.folder: null in your config to use the bundled emoji"
+            )
+        art: dict[Emotion, EmojiArt] = {}
+        problems: list[str] = []
+        for emotion in Emotion:
+            path = folder / emoji_file_name(emotion)
+            try:
+                art[emotion], note = _read_art(path)
+                if note:
+                    problems.append(f"{path.name} {note}")
+                continue
+            except _BadArt as exc:
+                reason = f"{path.name} {exc}"
+            fallback = bundled / emoji_file_name(emotion) if bundled is not None else None
+            if fallback is not None and fallback != path:
+                try:
+                    art[emotion], _ = _read_art(fallback)
+                    problems.append(f"{reason} (using the bundled one)")
+                    continue
+                except _BadArt:
+                    pass
+            art[emotion] = placeholder_art(emotion)
+            problems.append(f"{reason} (using a drawn placeholder)")
+        if problems:
+            log.warning("emoji folder %s: %s. Fix or replace these files; names are %s",
+                        folder, "; ".join(problems), ", ".join(_file_names()))
+        return cls(art, folder)
+
+    @classmethod
+    def from_rgba8(cls, images: Mapping[Emotion, np.ndarray]) -> EmojiSet:
+        """From in-memory straight RGBA uint8 images (tests, generated art)."""
+        return cls({e: EmojiArt.from_rgba8(img) for e, img in images.items()})
+
+    # ------------------------------------------------------------ access
+
+    def art(self, emotion: Emotion) -> EmojiArt:
+        return self._art[emotion]
+
+    def sprite(self, emotion: Emotion, side_px: int, angle_deg: float = 0.0) -> Sprite:
+        """The emoji scaled to ``side_px`` and rotated ``angle_deg`` clockwise
+        (as ``FaceBox.roll_deg``) about its centre. A rotated sprite is larger
+        than ``side_px`` (it holds the rotated square); its centre is the
+        emoji's centre either way. Cached."""
+        side_px = max(1, int(side_px))
+        key = (emotion, side_px, quantise_angle(angle_deg))
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+        sprite = Sprite.from_bgra8(_transform(self._art[emotion].premul_bgra, side_px, key[2]))
+        if side_px <= MAX_CACHED_SIDE_PX:
+            with self._lock:
+                self._cache[key] = sprite
+                self._cache_bytes += sprite.nbytes
+                while self._cache_bytes > self._cache_budget_bytes and len(self._cache) > 1:
+                    _, old = self._cache.popitem(last=False)
+                    self._cache_bytes -= old.nbytes
+        return sprite
+
+    def render_region(self, emotion: Emotion, side_px: float, angle_deg: float,
+                      center_xy: tuple[float, float], region_xywh: tuple[int, int, int, int]) -> Sprite:
+        """Only the part of a (huge) placed emoji inside ``region_xywh`` of
+        the frame, in one warp from the source art; not cached. For faces so
+        large that a full sprite would waste memory."""
+        art = self._art[emotion].premul_bgra
+        rx, ry, rw, rh = region_xywh
+        scale = side_px / art.shape[0]
+        src_c = (art.shape[1] - 1) / 2.0
+        m = cv2.getRotationMatrix2D((src_c, src_c), -quantise_angle(angle_deg), scale)
+        # getRotationMatrix2D keeps src_c fixed; move it onto the emoji centre in the region.
+        cx, cy = center_xy
+        m[0, 2] += (cx - 0.5 - rx) - src_c
+        m[1, 2] += (cy - 0.5 - ry) - src_c
+        out = cv2.warpAffine(art, m, (max(1, rw), max(1, rh)), flags=cv2.INTER_CUBIC,
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=(0.0, 0.0, 0.0, 0.0))
+        return Sprite.from_premultiplied(out)
+
+    def rgba8(self, emotion: Emotion, side_px: int) -> np.ndarray:
+        """Straight RGBA uint8 at ``side_px`` (tray icons, previews)."""
+        sprite = self.sprite(emotion, side_px)
+        alpha = sprite.alpha.astype(np.float32)
+        bgr = sprite.premul_bgr.astype(np.float32) * 255.0 / np.maximum(alpha, 1.0)[:, :, None]
+        rgb = np.clip(np.rint(bgr[:, :, ::-1]), 0, 255).astype(np.uint8)
+        return np.dstack([rgb, sprite.alpha])
+
+    def cache_info(self) -> tuple[int, int]:
+        """(entries, bytes) held by the sprite cache."""
+        with self._lock:
+            return len(self._cache), self._cache_bytes
+
+
+def quantise_angle(angle_deg: float) -> float:
+    """Round to ``ANGLE_STEP_DEG``, wrap to (-180, 180]; tiny angles are 0."""
+    if not math.isfinite(angle_deg):
+        return 0.0
+    q = round(angle_deg / ANGLE_STEP_DEG) * ANGLE_STEP_DEG
+    q = (q + 180.0) % 360.0 - 180.0
+    return 180.0 if q == -180.0 else float(q) + 0.0
+
+
+def rotated_side_px(side_px: int, angle_deg: float) -> int:
+    """Side of the square that holds a ``side_px`` square rotated by ``angle_deg``."""
+    rad = math.radians(quantise_angle(angle_deg))
+    if rad == 0.0:
+        return side_px
+    n = math.ceil(side_px * (abs(math.cos(rad)) + abs(math.sin(rad))) - 1e-6)
+    return n + (n - side_px) % 2  # same parity as side_px: centres stay on the same grid
+
+
+def placeholder_art(emotion: Emotion, side_px: int = 256) -> EmojiArt:
+    """A plain yellow disk with the emotion's name: the last resort when no
+    PNG can be read, so EmojiCam still masks faces."""
+    ss = 4  # draw 4x larger, then area-downscale: anti-aliased edges
+    big = side_px * ss
+    bgr = np.zeros((big, big, 3), np.uint8)
+    alpha = np.zeros((big, big), np.uint8)
+    centre, radius = (big // 2, big // 2), int(big * 0.47)
+    cv2.circle(bgr, centre, radius, (40, 200, 250), -1)
+    cv2.circle(alpha, centre, radius, 255, -1)
+    text, font, scale = emotion.value, cv2.FONT_HERSHEY_SIMPLEX, big / 220
+    (tw, th), _ = cv2.getTextSize(text, font, scale, ss * 3)
+    cv2.putText(bgr, text, ((big - tw) // 2, (big + th) // 2), font, scale, (30, 40, 60), ss * 3)
+    rgba = np.dstack([bgr[:, :, ::-1], alpha])
+    rgba = cv2.resize(_premultiply_rgba8(rgba), (side_px, side_px), interpolation=cv2.INTER_AREA)
+    return EmojiArt.from_premultiplied(rgba)
+
+
+# ---------------------------------------------------------------- internals
+
+
+class _BadArt(Exception):
+    """A PNG that cannot be used (the message says why)."""
+
+
+def _bundled_dir() -> Path | None:
+    try:
+        return assets.emoji_dir()
+    except FileNotFoundError:
+        return None
+
+
+def _file_names() -> list[str]:
+    return [emoji_file_name(e) for e in Emotion]
+
+
+def _read_art(path: Path) -> tuple[EmojiArt, str | None]:
+    """Decode one PNG; returns the art and a note for the user (or None)."""
+    if not path.is_file():
+        raise _BadArt("is missing")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            has_alpha = im.mode in _PIL_ALPHA_MODES or "transparency" in im.info
+            rgba = np.asarray(im.convert("RGBA"))
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+        raise _BadArt(f"cannot be decoded ({type(exc).__name__}: {exc})") from exc
+    if rgba.ndim != 3 or rgba.shape[0] == 0 or rgba.shape[1] == 0:
+        raise _BadArt("is empty")
+    if not rgba[:, :, 3].any():
+        raise _BadArt("is fully transparent")
+    premul = _premultiply_rgba8(rgba)
+    if max(premul.shape[:2]) > MAX_SOURCE_SIDE_PX:
+        f = MAX_SOURCE_SIDE_PX / max(premul.shape[:2])
+        size = (max(1, round(premul.shape[1] * f)), max(1, round(premul.shape[0] * f)))
+        premul = cv2.resize(premul, size, interpolation=cv2.INTER_AREA)
+    note = None if has_alpha else "has no alpha channel; it is used as an opaque square"
+    return EmojiArt.from_premultiplied(premul, path), note
+
+
+def _premultiply_rgba8(rgba: np.ndarray) -> np.ndarray:
+    """Straight RGBA uint8 -> premultiplied BGRA float32 in [0, 1]."""
+    f = rgba.astype(np.float32) * (1.0 / 255.0)
+    alpha = f[:, :, 3:4]
+    return np.ascontiguousarray(np.concatenate([f[:, :, 2::-1] * alpha, alpha], axis=2))
+
+
+def _to_square(premul: np.ndarray) -> np.ndarray:
+    h, w = premul.shape[:2]
+    if h == w:
+        return premul
+    n = max(h, w)
+    out = np.zeros((n, n, 4), np.float32)
+    y0, x0 = (n - h) // 2, (n - w) // 2
+    out[y0 : y0 + h, x0 : x0 + w] = premul
+    return out
+
+
+def _opaque_radius_frac(premul: np.ndarray) -> float:
+    n = premul.shape[0]
+    ys, xs = np.nonzero(premul[:, :, 3] < OPAQUE_ALPHA)
+    if len(ys) == 0:
+        return 0.5
+    c = n / 2.0
+    # Distance from the centre to the nearest point of any non-opaque pixel
+    # (pixel centres are at i + 0.5; subtract half a diagonal to be safe).
+    d = np.hypot(xs + 0.5 - c, ys + 0.5 - c) - math.sqrt(0.5)
+    return float(max(0.0, min(0.5, d.min() / n)))
+
+
+def _fill_colour(premul: np.ndarray) -> tuple[int, int, int]:
+    opaque = premul[:, :, 3] >= OPAQUE_ALPHA
+    pixels = premul[:, :, :3][opaque] if opaque.any() else None
+    if pixels is None:  # no opaque pixel: un-premultiplied mean of what is there
+        a = premul[:, :, 3].sum()
+        mean = premul[:, :, :3].reshape(-1, 3).sum(0) / max(float(a), 1e-6)
+    else:
+        mean = np.median(pixels, axis=0)
+    b, g, r = (int(round(float(v) * 255.0)) for v in np.clip(mean, 0.0, 1.0))
+    return b, g, r
+
+
+def _to_bgra8(premul_bgra: np.ndarray) -> np.ndarray:
+    """Float premultiplied [0, 1] -> uint8, rounded; resampling overshoot clipped."""
+    if premul_bgra.shape[:2] == (1, 1):  # OpenCV reads a 1x1x4 array as a scalar
+        return np.rint(np.clip(premul_bgra, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return cv2.convertScaleAbs(np.maximum(premul_bgra, 0.0), alpha=255.0)  # rounds, caps at 255
+
+
+def _transform(premul: np.ndarray, side_px: int, angle_deg: float) -> np.ndarray:
+    """Scale (area when shrinking, cubic when growing; in float) then rotate
+    clockwise (bilinear, in uint8: 5x faster, and premultiplied uint8 is
+    exact enough); returns premultiplied BGRA uint8."""
+    n = premul.shape[0]
+    interp = cv2.INTER_AREA if side_px < n else cv2.INTER_CUBIC
+    scaled = premul if side_px == n else cv2.resize(premul, (side_px, side_px), interpolation=interp)
+    scaled = _to_bgra8(scaled)
+    if angle_deg == 0.0:
+        return scaled
+    out_side = rotated_side_px(side_px, angle_deg)
+    c = (side_px - 1) / 2.0
+    m = cv2.getRotationMatrix2D((c, c), -angle_deg, 1.0).astype(np.float64)  # OpenCV: + = anticlockwise
+    m[:, 2] += (out_side - side_px) / 2.0
+    return cv2.warpAffine(scaled, m, (out_side, out_side), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0))
