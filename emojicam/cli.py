@@ -99,15 +99,15 @@ def cmd_classify(args: argparse.Namespace) -> int:
         image = read_image(path)
         boxes = detector.detect(image)
         scores = classifier.classify(image, boxes)
-        faces = [{"box": list(b.xywh), "emotion": s.top.value, "scores": s.as_dict()}
-                 for b, s in zip(boxes, scores)]
         if args.json:
+            faces = [{"box": list(b.xywh), "emotion": s.top.value, "scores": s.as_dict()}
+                     for b, s in zip(boxes, scores, strict=True)]
             print(json.dumps({"path": str(path), "faces": faces}))
-        else:
-            print(f"{path}: {len(faces)} face(s)")
-            for f in faces:
-                probs = "  ".join(f"{k} {v:.2f}" for k, v in f["scores"].items())
-                print(f"  box {f['box']}: {f['emotion']}  ({probs})")
+            continue
+        print(f"{path}: {len(boxes)} face(s)")
+        for b, s in zip(boxes, scores, strict=True):
+            probs = "  ".join(f"{k} {v:.2f}" for k, v in s.as_dict().items())
+            print(f"  box {list(b.xywh)}: {s.top.value}  ({probs})")
     return 0
 
 

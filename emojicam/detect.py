@@ -49,7 +49,8 @@ class HaarDetector:
 
     @classmethod
     def create(cls, cfg: DetectorConfig, cascade_path: Path | None = None) -> HaarDetector:
-        path = cascade_path or Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
+        cascades = Path(cv2.data.haarcascades)  # type: ignore[attr-defined]
+        path = cascade_path or cascades / "haarcascade_frontalface_default.xml"
         cascade = cv2.CascadeClassifier(str(path))
         if cascade.empty():
             raise SetupError(

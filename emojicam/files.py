@@ -82,7 +82,7 @@ def process_video(pipeline: Pipeline, src: Path, dst: Path, progress: bool = Tru
     if fourcc is None:
         cap.release()
         raise InputError(f"{dst}: unsupported video extension; use one of {', '.join(sorted(_FOURCC))}")
-    writer = cv2.VideoWriter(str(dst), cv2.VideoWriter_fourcc(*fourcc), info.fps, info.size_wh)
+    writer = cv2.VideoWriter(str(dst), cv2.VideoWriter.fourcc(*fourcc), info.fps, info.size_wh)
     if not writer.isOpened():
         cap.release()
         raise InputError(f"{dst}: cannot write a video here (check the folder exists and is writable)")

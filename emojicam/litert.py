@@ -26,7 +26,7 @@ def load_interpreter_class() -> Any:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
         try:
-            from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
+            from tflite_runtime.interpreter import Interpreter
         except ImportError as exc:
             raise SetupError(
                 "no TFLite interpreter found; install it with 'pip install ai-edge-litert'"

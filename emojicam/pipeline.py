@@ -139,7 +139,7 @@ class Pipeline:
         t2 = clock()
         to_classify = [t for t in tracks if t.missed_frames == 0 and classify_now]
         raw_list = self.classifier.classify(image, [t.box for t in to_classify]) if to_classify else []
-        raw_by_id = {t.track_id: s for t, s in zip(to_classify, raw_list)}
+        raw_by_id = {t.track_id: s for t, s in zip(to_classify, raw_list, strict=False)}
         t3 = clock()
         results = []
         for track in tracks:

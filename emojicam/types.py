@@ -141,7 +141,7 @@ class EmotionScores:
         return float(self.probs[emotion.index])
 
     def as_dict(self) -> dict[str, float]:
-        return {e.value: round(float(p), 4) for e, p in zip(Emotion, self.probs)}
+        return {e.value: round(float(p), 4) for e, p in zip(Emotion, self.probs, strict=False)}
 
 
 @dataclass(frozen=True)

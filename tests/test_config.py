@@ -32,7 +32,8 @@ def test_repo_config_documents_every_setting_with_its_default():
         documented += [f"{key}.{k}" for k in value] if isinstance(value, dict) else [key]
     assert sorted(documented) == sorted(_flatten(Config))
     # every setting line carries a comment
-    lines = [ln for ln in REPO_CONFIG.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    text = REPO_CONFIG.read_text().splitlines()
+    lines = [ln for ln in text if ln.strip() and not ln.lstrip().startswith("#")]
     leafs = [ln for ln in lines if not ln.rstrip().endswith(":")]
     undocumented = [ln for ln in leafs if "#" not in ln and not ln.startswith("mode:")]
     assert undocumented == []
@@ -58,9 +59,12 @@ def test_config_is_frozen():
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"mode": "smile"}, "f.yaml: mode: expected one of replace, decorate, label, off, got 'smile'"),
-        ({"smoothing": {"min_hold_s": -1}}, "f.yaml: smoothing.min_hold_s: expected a number from 0 to 10, got -1"),
-        ({"camera": {"width": 12.5}}, "f.yaml: camera.width: expected a whole number from 16 to 7680, got 12.5"),
+        ({"mode": "smile"},
+         "f.yaml: mode: expected one of replace, decorate, label, off, got 'smile'"),
+        ({"smoothing": {"min_hold_s": -1}},
+         "f.yaml: smoothing.min_hold_s: expected a number from 0 to 10, got -1"),
+        ({"camera": {"width": 12.5}},
+         "f.yaml: camera.width: expected a whole number from 16 to 7680, got 12.5"),
         ({"camera": {"mirror": "yes"}}, "f.yaml: camera.mirror: expected true or false, got 'yes'"),
         ({"detectr": {}}, "did you mean 'detector'?"),
         ({"camera": {"widht": 3}}, "f.yaml: camera.widht: unknown setting (did you mean 'camera.width'?)"),

@@ -50,5 +50,5 @@ def test_haar_finds_face_in_selfie_clip_at_full_resolution(selfie_mp4):
     assert frames == 20 and hits >= 3
     h, w = frame.shape[:2]
     for b in boxes_seen:  # boxes are in full-resolution coordinates, inside the frame
-        assert 0 <= b.x and b.x + b.w <= w and 0 <= b.y and b.y + b.h <= h
+        assert b.x >= 0 and b.x + b.w <= w and b.y >= 0 and b.y + b.h <= h
         assert b.w >= 32
