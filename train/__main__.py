@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", required=True, help=f"run name (folder under {DEFAULT_RUNS}) or path")
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     p.add_argument("--progress", choices=["auto", "bar", "line"], default="auto")
+    p.add_argument("--init-from", metavar="RUN", help="start from another run's best weights (warm restart)")
     for field in dataclasses.fields(Recipe):
         p.add_argument("--" + field.name.replace("_", "-"), type=type(field.default)
                        if field.type != "bool" else lambda s: s.lower() in ("1", "true", "yes"))
@@ -68,10 +69,12 @@ def main(argv: list[str] | None = None) -> int:
                      if getattr(args, f.name) is not None}
         recipe = dataclasses.replace(PRESETS[args.preset], **overrides)
         run_dir = _run_dir(args.run)
-        logging.getLogger("train").addHandler(logging.FileHandler(run_dir / "train.log")
-                                              if run_dir.mkdir(parents=True, exist_ok=True) is None
-                                              else logging.NullHandler())
-        fit(args.data, run_dir, recipe, ferplus_votes=args.ferplus, progress=args.progress)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(run_dir / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+        logging.getLogger("train").addHandler(handler)
+        init = _run_dir(args.init_from) / "best.weights.h5" if args.init_from else None
+        fit(args.data, run_dir, recipe, ferplus_votes=args.ferplus, progress=args.progress, init_from=init)
     elif args.cmd == "export":
         from train.export import export
 

@@ -110,6 +110,7 @@ def fit(
     *,
     ferplus_votes: Path | None = None,
     progress: str = "auto",
+    init_from: Path | None = None,
 ) -> Path:
     """Train (or resume) a run. Returns the path of the best weights."""
     import keras
@@ -169,6 +170,11 @@ def fit(
     from train.model import build_model
 
     model = build_model(recipe.arch, recipe.dropout)
+    if init_from is not None:
+        # Warm start (a new cosine cycle from another run's weights); a resumed
+        # run restores its own backup afterwards, so this only matters at epoch 0.
+        model.load_weights(str(init_from))
+        log.info("initialised from %s", init_from)
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(
