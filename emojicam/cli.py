@@ -20,7 +20,7 @@ from emojicam.errors import EmojiCamError
 log = logging.getLogger("emojicam")
 
 # Modules that add their own subcommands with ``register(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = ("emojicam.commands_daemon",)
+COMMAND_MODULES: tuple[str, ...] = ("emojicam.commands_daemon", "emojicam.commands_bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -49,7 +49,7 @@ MIN_OPAQUE_RADIUS_FRAC = 0.35
 MIN_SPRITE_SIDE_PX = 8
 #: Sprite sides are rounded up onto a geometric grid with this ratio, so a
 #: face that jitters by a pixel reuses cached sprites (never smaller: coverage).
-SIDE_GRID_RATIO = 1.03
+SIDE_GRID_RATIO = 1.06
 #: Privacy blur: the frame is reduced to this many cells along its longer side.
 PRIVACY_BLUR_CELLS = 16
 #: Privacy blank: the grey level of a blanked frame.

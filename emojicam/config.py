@@ -58,6 +58,8 @@ class DetectorConfig:
     min_face_px: int = _num(32, 4, 4096)  # in full-resolution pixels
     min_score: float = _num(0.5, 0.0, 1.0)
     every_n_frames: int = _num(1, 1, 60)
+    full_range: bool = True  # BlazeFace: also look for small, distant faces
+    threads: int = _num(1, 1, 64)
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,7 @@ def create_detector(cfg: DetectorConfig) -> Detector:
         try:
             from emojicam.blazeface import BlazeFaceDetector
 
-            return BlazeFaceDetector.create(cfg)
+            return BlazeFaceDetector.create(cfg, use_full_range=cfg.full_range, threads=cfg.threads)
         except (ImportError, SetupError) as exc:
             if cfg.backend == "blazeface":
                 raise SetupError(str(exc)) from exc

@@ -43,11 +43,11 @@ log = logging.getLogger(__name__)
 #: Art larger than this (per side) is reduced at load; the sprites are scaled from it.
 MAX_SOURCE_SIDE_PX = 512
 #: Rotations are rounded to this many degrees (cache key).
-ANGLE_STEP_DEG = 2.0
+ANGLE_STEP_DEG = 5.0
 #: Sprites larger than this are not cached (see ``EmojiSet.render_region``).
 MAX_CACHED_SIDE_PX = 1280
 #: Memory the sprite cache may hold.
-CACHE_BUDGET_BYTES = 96 * 1024 * 1024
+CACHE_BUDGET_BYTES = 32 * 1024 * 1024
 #: Alpha (0..1) from which a pixel counts as opaque when sizing the replace
 #: mask (the font has a few 253/255 pixels inside its faces; exact coverage
 #: comes from the fill under the emoji, see compose.py).

@@ -1,7 +1,10 @@
 """IoU tracking: faces keep an identity from frame to frame.
 
 Greedy matching by IoU is enough here: a webcam shows few faces, and they
-move little between frames. A track that the detector misses is kept at its
+move little between frames. When a face moves further than IoU can follow (a
+quick camera swing), a second pass matches the remaining tracks and boxes by
+centre distance, for boxes of similar size, so the face keeps its identity
+instead of leaving a "ghost" box behind for ``hold_s``. A track that the detector misses is kept at its
 last position for ``hold_s`` seconds, so a face that the detector drops for a
 frame or two stays covered in replace mode.
 """
@@ -14,6 +17,12 @@ from dataclasses import dataclass, field, replace
 from emojicam.config import TrackerConfig
 from emojicam.pipeline import Track
 from emojicam.types import FaceBox
+
+
+# Second-pass matching: a box whose centre moved at most this many face sizes,
+# and whose size changed by at most this factor, is the same face.
+MAX_CENTRE_JUMP = 1.5
+MIN_SIZE_RATIO = 0.6
 
 
 @dataclass
@@ -48,6 +57,7 @@ class IoUTracker:
             s = self._tracks[i]
             s.track = Track(s.track.track_id, boxes[j], 0, s.track.age_frames + 1)
             s.last_seen_s = timestamp_s
+        self._match_by_distance(boxes, used_t, used_b, timestamp_s)
         survivors = []
         for i, s in enumerate(self._tracks):
             if i not in used_t:
@@ -62,6 +72,31 @@ class IoUTracker:
                 self._next_id += 1
         self._tracks = survivors
         return [s.track for s in self._tracks]
+
+    def _match_by_distance(self, boxes: Sequence[FaceBox], used_t: set[int], used_b: set[int],
+                           timestamp_s: float) -> None:
+        pairs = []
+        for i, s in enumerate(self._tracks):
+            if i in used_t:
+                continue
+            tb = s.track.box
+            (tx, ty), t_side = tb.center_xy, max(tb.w, tb.h, 1)
+            for j, b in enumerate(boxes):
+                if j in used_b:
+                    continue
+                (bx, by), b_side = b.center_xy, max(b.w, b.h, 1)
+                ratio = b_side / t_side
+                dist = ((bx - tx) ** 2 + (by - ty) ** 2) ** 0.5 / t_side
+                if MIN_SIZE_RATIO <= ratio <= 1 / MIN_SIZE_RATIO and dist <= MAX_CENTRE_JUMP:
+                    pairs.append((dist, i, j))
+        for _, i, j in sorted(pairs):
+            if i in used_t or j in used_b:
+                continue
+            used_t.add(i)
+            used_b.add(j)
+            s = self._tracks[i]
+            s.track = Track(s.track.track_id, boxes[j], 0, s.track.age_frames + 1)
+            s.last_seen_s = timestamp_s
 
     def reset(self) -> None:
         self._tracks.clear()

@@ -287,3 +287,139 @@ def write_face_video(path: Path, n_frames: int = 90, size_wh: tuple[int, int] = 
         writer.write(image)
     writer.release()
     return path
+
+
+# ---------------------------------------------------------------- reliability (faults, face leaks, soak)
+
+#: A frame of the selfie clip with one clear, frontal face, and that face's box:
+#: hairline to chin, cheek to cheek, read off a 20 px grid drawn on the frame
+#: (BlazeFace's box for it is (210, 116, 192, 192)).
+SELFIE_FACE_FRAME = 100
+SELFIE_FACE_XYWH = (220, 95, 170, 210)
+
+
+def read_video_frames(path: Path, indices: list[int] | None = None,
+                      limit: int | None = None) -> list[np.ndarray]:
+    """Decoded BGR frames of a video: those at ``indices`` (in order), or the
+    first ``limit`` (all when None)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    wanted = None if indices is None else set(indices)
+    frames: dict[int, np.ndarray] = {}
+    out: list[np.ndarray] = []
+    i = 0
+    try:
+        while True:
+            if limit is not None and len(out) >= limit:
+                break
+            if wanted is not None and (not wanted or i > max(wanted)):
+                break
+            ok, image = cap.read()
+            if not ok:
+                break
+            if wanted is None:
+                out.append(image)
+            elif i in wanted:
+                frames[i] = image
+            i += 1
+    finally:
+        cap.release()
+    return out if indices is None else [frames[j] for j in indices if j in frames]
+
+
+def selfie_face_patch(path: Path = SELFIE_MP4, margin_frac: float = 0.45) -> tuple[np.ndarray, FaceBox]:
+    """A head-and-shoulders patch around the selfie clip's clear face, and the
+    face's box inside the patch (the face region to keep covered)."""
+    (image,) = read_video_frames(path, [SELFIE_FACE_FRAME])
+    x, y, w, h = SELFIE_FACE_XYWH
+    mx, my = round(w * margin_frac), round(h * margin_frac)
+    x0, y0 = max(0, x - mx), max(0, y - my)
+    x1, y1 = min(image.shape[1], x + w + mx), min(image.shape[0], y + h + my)
+    return image[y0:y1, x0:x1].copy(), FaceBox(x - x0, y - y0, w, h)
+
+
+def paste_face(
+    background: np.ndarray,
+    patch: np.ndarray,
+    face_in_patch: FaceBox,
+    center_xy: tuple[float, float],
+    face_side_px: float,
+    motion_blur_px: int = 0,
+) -> tuple[np.ndarray, FaceBox]:
+    """Paste ``patch`` scaled so its face is ``face_side_px`` wide, with the
+    face centred on ``center_xy`` (it may hang over any edge). With
+    ``motion_blur_px`` the patch is smeared horizontally over that many
+    pixels, as a camera does with a fast move. Returns the new image and the
+    face's box in it (not clipped to the frame)."""
+    import cv2
+
+    image = background.copy()
+    f = face_side_px / face_in_patch.w
+    pw, ph = max(1, round(patch.shape[1] * f)), max(1, round(patch.shape[0] * f))
+    scaled = cv2.resize(patch, (pw, ph), interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
+    if motion_blur_px > 1:
+        kernel = np.full((1, motion_blur_px), 1.0 / motion_blur_px, np.float32)
+        scaled = cv2.filter2D(scaled, -1, kernel, borderType=cv2.BORDER_REPLICATE)
+    fx, fy = face_in_patch.x * f, face_in_patch.y * f
+    fw, fh = face_in_patch.w * f, face_in_patch.h * f
+    x0, y0 = round(center_xy[0] - fw / 2 - fx), round(center_xy[1] - fh / 2 - fy)
+    h_img, w_img = image.shape[:2]
+    ix0, iy0, ix1, iy1 = max(0, x0), max(0, y0), min(w_img, x0 + pw), min(h_img, y0 + ph)
+    if ix1 > ix0 and iy1 > iy0:
+        image[iy0:iy1, ix0:ix1] = scaled[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
+    box = FaceBox(round(x0 + fx), round(y0 + fy), max(1, round(fw)), max(1, round(fh)))
+    return image, box
+
+
+def open_fd_count() -> int:
+    """File descriptors this process has open (Linux /proc; -1 elsewhere)."""
+    import os
+
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return -1
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process (Linux /proc; -1 elsewhere)."""
+    import os
+
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return -1
+
+
+# ---------------------------------------------------------------- models install / blazeface / bench
+
+
+def make_fake_wheel(path: Path, members: dict[str, bytes]) -> Path:
+    """A zip file (a wheel is one) holding ``members`` (name -> bytes)."""
+    import zipfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def read_selfie_frames(indices: list[int]) -> dict[int, np.ndarray]:
+    """The selfie clip's frames at ``indices`` (upright 640x480 BGR), read in one pass."""
+    import cv2
+
+    wanted, out = set(indices), {}
+    cap = cv2.VideoCapture(str(SELFIE_MP4))
+    index = 0
+    while len(out) < len(wanted):
+        ok, image = cap.read()
+        if not ok:
+            break
+        if index in wanted:
+            out[index] = image
+        index += 1
+    cap.release()
+    return out

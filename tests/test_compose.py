@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from emojicam.compose import (
+    SIDE_GRID_RATIO,
     EmojiCompositor,
     badge_position,
     grid_side,
@@ -275,8 +276,8 @@ def test_grid_side_rounds_up_to_few_sizes():
     sides = [grid_side(s) for s in wanted]
     assert all(g >= s for g, s in zip(sides, wanted, strict=True))
     assert all(b >= a for a, b in zip(sides[:-1], sides[1:], strict=True))
-    assert len(set(sides)) <= 16 + math.ceil(math.log(800 / 16) / math.log(1.03)) + 1  # not ~800
-    assert grid_side(300) <= 300 * 1.031 + 1
+    assert len(set(sides)) <= 16 + math.ceil(math.log(800 / 16) / math.log(SIDE_GRID_RATIO)) + 1  # not ~800
+    assert grid_side(300) <= 300 * (SIDE_GRID_RATIO + 0.001) + 1
 
 
 def test_replace_uses_the_sprite_cache(emoji_set):

@@ -284,10 +284,10 @@ def test_sprite_centre_disk_is_opaque(bundled_set):
 
 
 def test_sprite_cache_hits_and_angle_rounding(bundled_set):
-    a = bundled_set.sprite(Emotion.SAD, 120, 1.6)
-    assert bundled_set.sprite(Emotion.SAD, 120, 2.4) is a  # both round to 2 degrees
+    a = bundled_set.sprite(Emotion.SAD, 120, 3.6)
+    assert bundled_set.sprite(Emotion.SAD, 120, 6.4) is a  # both round to 5 degrees
     assert bundled_set.sprite(Emotion.SAD, 120, 0.0) is not a
-    assert bundled_set.sprite(Emotion.SAD, 121, 1.6) is not a
+    assert bundled_set.sprite(Emotion.SAD, 121, 3.6) is not a
 
 
 def test_sprite_cache_respects_its_budget():
@@ -334,7 +334,7 @@ def test_rotated_sprite_holds_the_whole_rotated_square(bundled_set):
 
 @pytest.mark.parametrize(
     ("angle", "expected"),
-    [(0.9, 0.0), (-0.9, 0.0), (1.1, 2.0), (179.5, 180.0), (-179.5, 180.0), (370.0, 10.0),
+    [(2.4, 0.0), (-2.4, 0.0), (2.6, 5.0), (179.5, 180.0), (-179.5, 180.0), (370.0, 10.0),
      (float("nan"), 0.0), (float("inf"), 0.0)],
 )
 def test_quantise_angle(angle, expected):

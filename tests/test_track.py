@@ -51,3 +51,22 @@ def test_far_box_starts_new_track():
     tracks = tracker.update([make_box(x=400)], 0.03)
     assert sorted(t.track_id for t in tracks) == [1, 2]
     assert [t.missed_frames for t in sorted(tracks, key=lambda t: t.track_id)] == [1, 0]
+
+
+def test_fast_move_keeps_identity_and_leaves_no_ghost():
+    tracker = IoUTracker(TrackerConfig(iou_threshold=0.3, hold_s=0.5))
+    (a,) = tracker.update([make_box(x=100, w=100, h=100)], 0.0)
+    # moved 120 px in one frame: IoU 0, but one face size away
+    tracks = tracker.update([make_box(x=220, w=100, h=100)], 0.033)
+    assert [(t.track_id, t.missed_frames, t.box.x) for t in tracks] == [(a.track_id, 0, 220)]
+
+
+def test_distance_match_needs_similar_size_and_nearness():
+    tracker = IoUTracker(TrackerConfig(iou_threshold=0.3, hold_s=0.5))
+    tracker.update([make_box(x=100, w=100, h=100)], 0.0)
+    far = tracker.update([make_box(x=400, w=100, h=100)], 0.033)  # 3 face sizes away
+    assert sorted((t.track_id, t.missed_frames) for t in far) == [(1, 1), (2, 0)]
+    tracker = IoUTracker(TrackerConfig(iou_threshold=0.3, hold_s=0.5))
+    tracker.update([make_box(x=100, w=100, h=100)], 0.0)
+    tiny = tracker.update([make_box(x=230, w=30, h=30)], 0.033)  # other size: another face
+    assert sorted((t.track_id, t.missed_frames) for t in tiny) == [(1, 1), (2, 0)]

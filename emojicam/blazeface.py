@@ -1,0 +1,488 @@
+"""BlazeFace face detection (Google, Apache-2.0) run directly in ai-edge-litert.
+
+The ``.tflite`` files come from ``emojicam models install`` (see
+``emojicam.models_install``). A model outputs, for each of its SSD anchors,
+16 regressors (box centre/size and six keypoints, in input pixels relative to
+the anchor) and one score logit. MediaPipe decodes these inside its graph,
+which we do not use, so the anchor layout and decoding are written here
+(numpy, a few dozen lines) following the published model cards and the
+SsdAnchorsCalculator / TensorsToDetectionsCalculator options of the model's
+graph.
+
+Two models:
+
+* short-range (128x128 input, 896 anchors): fast, wants faces that fill a good
+  part of the frame (a webcam user);
+* full-range (192x192 input, 2304 anchors, optional): finds small and distant
+  faces; ``BlazeFaceDetector`` runs it only as often as the scene needs.
+
+Keypoints, in model order: subject's right eye, left eye, nose tip, mouth
+centre, right ear tragion, left ear tragion.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import cv2
+import numpy as np
+
+from emojicam.config import DetectorConfig
+from emojicam.errors import SetupError
+from emojicam.models_install import FULL_RANGE, SHORT_RANGE, find_model, user_models_dir
+from emojicam.preprocess import BLAZEFACE_CROP_MARGINS, CropMargins
+from emojicam.types import FaceBox
+
+log = logging.getLogger(__name__)
+
+NUM_KEYPOINTS = 6
+RIGHT_EYE, LEFT_EYE = 0, 1  # the subject's eyes
+NMS_IOU = 0.3  # MediaPipe's min_suppression_threshold for both models
+SCORE_CLIP = 100.0
+
+
+@dataclass(frozen=True)
+class ModelGeometry:
+    """What a BlazeFace variant expects and how its anchors are laid out."""
+
+    input_side: int
+    strides: tuple[int, ...]  # one per SSD layer; equal neighbours share a grid
+    anchors_per_layer: int  # 2 when MediaPipe's interpolated_scale_aspect_ratio is on
+    num_anchors: int
+
+
+SHORT_RANGE_GEOMETRY = ModelGeometry(128, (8, 16, 16, 16), 2, 896)
+#: A border of 10% of the input around the frame: a big face cut by the frame's
+#: edge is found far more often when the model sees something beyond the cut
+#: (selfie clip cropped to 1280x720: 10 of 71 hand-labelled face frames missed
+#: without it, 1 with it). The full-range model gets none: its faces are small.
+SHORT_RANGE_MARGIN = 0.1
+FULL_RANGE_GEOMETRY = ModelGeometry(192, (4,), 1, 2304)
+
+
+def generate_anchors(geometry: ModelGeometry) -> np.ndarray:
+    """Anchor centres ``(num_anchors, 2)`` as ``(x, y)`` in [0, 1] of the input.
+
+    BlazeFace uses fixed-size anchors (width = height = 1), so an anchor is
+    only its centre; layers with the same stride share one grid and stack
+    their anchors per cell, cells in row-major order.
+    """
+    centres = []
+    i = 0
+    while i < len(geometry.strides):
+        stride = geometry.strides[i]
+        layers = 1
+        while i + layers < len(geometry.strides) and geometry.strides[i + layers] == stride:
+            layers += 1
+        side = -(-geometry.input_side // stride)  # ceil
+        coords = (np.arange(side, dtype=np.float32) + 0.5) / side
+        ys, xs = np.meshgrid(coords, coords, indexing="ij")
+        grid = np.stack([xs.ravel(), ys.ravel()], axis=1)
+        centres.append(np.repeat(grid, layers * geometry.anchors_per_layer, axis=0))
+        i += layers
+    anchors = np.concatenate(centres).astype(np.float32)
+    if len(anchors) != geometry.num_anchors:  # programming error in a geometry constant
+        raise ValueError(f"anchor layout gives {len(anchors)} anchors, expected {geometry.num_anchors}")
+    return anchors
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Decoded detections in normalised input coordinates ([0, 1] of the input tensor)."""
+
+    boxes_xyxy: np.ndarray  # (n, 4)
+    keypoints_xy: np.ndarray  # (n, 6, 2)
+    scores: np.ndarray  # (n,)
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @staticmethod
+    def empty() -> Detections:
+        return Detections(
+            np.zeros((0, 4), np.float32), np.zeros((0, NUM_KEYPOINTS, 2), np.float32), np.zeros(0, np.float32)
+        )
+
+    @staticmethod
+    def concat(parts: list[Detections]) -> Detections:
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return Detections.empty()
+        return Detections(
+            np.concatenate([p.boxes_xyxy for p in parts]),
+            np.concatenate([p.keypoints_xy for p in parts]),
+            np.concatenate([p.scores for p in parts]),
+        )
+
+
+def decode(
+    raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.ndarray, input_side: int, min_score: float
+) -> Detections:
+    """Turn the model's ``(N, 16)`` regressors and ``(N,)`` or ``(N, 1)`` logits into
+    detections scoring at least ``min_score`` (before suppression)."""
+    logits = np.clip(np.asarray(raw_scores, np.float32).reshape(-1), -SCORE_CLIP, SCORE_CLIP)
+    with np.errstate(over="ignore"):  # exp(100) is inf in float32; the score is then 0, as it should be
+        scores = 1.0 / (1.0 + np.exp(-logits))
+    keep = np.flatnonzero(scores >= min_score)
+    if keep.size == 0:
+        return Detections.empty()
+    reg = np.asarray(raw_boxes, np.float32).reshape(len(logits), -1)[keep] / float(input_side)
+    anc = anchors[keep]
+    cx, cy = reg[:, 0] + anc[:, 0], reg[:, 1] + anc[:, 1]
+    half_w, half_h = reg[:, 2] / 2.0, reg[:, 3] / 2.0
+    boxes = np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=1)
+    kps = reg[:, 4 : 4 + 2 * NUM_KEYPOINTS].reshape(-1, NUM_KEYPOINTS, 2) + anc[:, None, :]
+    return Detections(boxes, kps, scores[keep])
+
+
+def _iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    x0 = np.maximum(box[0], boxes[:, 0])
+    y0 = np.maximum(box[1], boxes[:, 1])
+    x1 = np.minimum(box[2], boxes[:, 2])
+    y1 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = area + areas - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def weighted_nms(dets: Detections, iou_threshold: float = NMS_IOU) -> Detections:
+    """MediaPipe's "weighted" suppression: each cluster of overlapping boxes
+    becomes one box, the score-weighted mean of its members (boxes and
+    keypoints), scored by its best member.
+
+    Hand-written because OpenCV's ``NMSBoxes`` only drops boxes; averaging
+    the cluster gives steadier boxes from frame to frame, which keeps the
+    emoji still.
+    """
+    if len(dets) == 0:
+        return dets
+    order = np.argsort(-dets.scores, kind="stable")
+    boxes, kps, scores = dets.boxes_xyxy[order], dets.keypoints_xy[order], dets.scores[order]
+    remaining = np.ones(len(scores), bool)
+    out_b, out_k, out_s = [], [], []
+    for i in range(len(scores)):
+        if not remaining[i]:
+            continue
+        members = remaining & (_iou_one_to_many(boxes[i], boxes) > iou_threshold)
+        members[i] = True
+        w = scores[members][:, None]
+        out_b.append((boxes[members] * w).sum(0) / w.sum())
+        out_k.append((kps[members] * w[:, :, None]).sum(0) / w.sum())
+        out_s.append(scores[i])
+        remaining &= ~members
+    return Detections(np.array(out_b, np.float32), np.array(out_k, np.float32), np.array(out_s, np.float32))
+
+
+# ---------------------------------------------------------------- one model
+
+
+def shrink(image: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
+    """Downscale with some anti-aliasing, cheaply.
+
+    ``INTER_AREA`` straight to 128 px costs ~1 ms on a 1280x720 frame;
+    bilinear to twice the size and then a 2x2 area average costs ~0.1 ms and
+    finds the same faces (bilinear alone aliases badly at 10x).
+    """
+    w, h = size_wh
+    if image.shape[1] >= 4 * w and image.shape[0] >= 4 * h:
+        image = cv2.resize(image, (2 * w, 2 * h), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How a full image maps into the square input: ``input = full * scale + offset``."""
+
+    scale: float
+    offset_xy: tuple[float, float]
+
+    def to_full(self, xy: np.ndarray, input_side: int) -> np.ndarray:
+        """Normalised input coordinates (..., 2) -> full-image pixels."""
+        off = np.array(self.offset_xy, np.float32)
+        return (xy * input_side - off) / self.scale
+
+
+@dataclass
+class BlazeFaceModel:
+    """One BlazeFace ``.tflite`` in a LiteRT interpreter, with its anchors."""
+
+    interpreter: Any
+    geometry: ModelGeometry
+    anchors: np.ndarray
+    input_index: int
+    boxes_index: int
+    scores_index: int
+    margin_frac: float = 0.0  # border left on every side of the letterboxed image
+    _input: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        side = self.geometry.input_side
+        self._input = np.zeros((1, side, side, 3), np.float32)
+
+    @classmethod
+    def load(
+        cls, path: Path, geometry: ModelGeometry, threads: int = 1, margin_frac: float = 0.0
+    ) -> BlazeFaceModel:
+        """Load and check a model; raises SetupError naming the file and the fix."""
+        from emojicam.litert import open_interpreter
+
+        try:
+            interpreter = open_interpreter(path, threads)
+        except (ValueError, RuntimeError) as exc:
+            raise SetupError(
+                f"{path}: not a loadable TFLite model ({exc}); run 'emojicam models install --force'"
+            ) from exc
+        (inp,) = interpreter.get_input_details()
+        side = geometry.input_side
+        if tuple(inp["shape"]) != (1, side, side, 3) or inp["dtype"] != np.float32:
+            raise SetupError(
+                f"{path}: expected a float32 1x{side}x{side}x3 input, got "
+                f"{inp['dtype'].__name__} {tuple(inp['shape'])}"
+            )
+        outs = interpreter.get_output_details()
+        by_width = {int(o["shape"][-1]): o for o in outs}
+        n = geometry.num_anchors
+        if (
+            len(outs) != 2
+            or 16 not in by_width
+            or 1 not in by_width
+            or any(int(o["shape"][1]) != n for o in outs)
+        ):
+            raise SetupError(
+                f"{path}: expected outputs (1, {n}, 16) and (1, {n}, 1), got "
+                f"{[tuple(o['shape']) for o in outs]}"
+            )
+        return cls(
+            interpreter,
+            geometry,
+            generate_anchors(geometry),
+            int(inp["index"]),
+            int(by_width[16]["index"]),
+            int(by_width[1]["index"]),
+            margin_frac,
+        )
+
+    def run(self, image_bgr: np.ndarray, min_score: float) -> tuple[Detections, Letterbox]:
+        """Letterbox the whole image into the input, run, decode (no suppression)."""
+        side = self.geometry.input_side
+        h, w = image_bgr.shape[:2]
+        usable = side * (1.0 - 2.0 * self.margin_frac)
+        scale = usable / max(h, w)
+        rw, rh = max(1, round(w * scale)), max(1, round(h * scale))
+        ox, oy = (side - rw) // 2, (side - rh) // 2
+        small = shrink(image_bgr, (rw, rh))
+        rgb = cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
+        self._input.fill(0.0)  # bars and margin: mid-grey in the model's [-1, 1] range
+        np.multiply(rgb, 2.0 / 255.0, out=self._input[0, oy : oy + rh, ox : ox + rw], casting="unsafe")
+        self._input[0, oy : oy + rh, ox : ox + rw] -= 1.0
+        self.interpreter.set_tensor(self.input_index, self._input)
+        self.interpreter.invoke()
+        raw_boxes = self.interpreter.get_tensor(self.boxes_index)[0]
+        raw_scores = self.interpreter.get_tensor(self.scores_index)[0]
+        dets = decode(raw_boxes, raw_scores, self.anchors, side, min_score)
+        return dets, Letterbox(rw / w, (float(ox), float(oy)))
+
+
+# ---------------------------------------------------------------- detector
+
+
+def find_blazeface_model(models_dir: Path | None = None) -> Path | None:
+    """The installed, verified short-range model, or None."""
+    return find_model(SHORT_RANGE, models_dir)
+
+
+def find_full_range_model(models_dir: Path | None = None) -> Path | None:
+    """The installed, verified full-range model, or None."""
+    return find_model(FULL_RANGE, models_dir)
+
+
+@dataclass
+class _Schedule:
+    """When a model last ran and when it last found a face."""
+
+    last_run: int = -(10**9)
+    last_found: int = -(10**9)
+
+    def recently_found(self, call: int, every_n: int) -> bool:
+        # Keep running for every_n calls after the last find, so a face at the
+        # edge of the model's range that it sees only now and then stays found.
+        return call - self.last_found <= every_n
+
+    def looking_due(self, call: int, every_n: int) -> bool:
+        return call - self.last_run >= every_n
+
+    def ran(self, call: int, found: bool, idle: bool = False) -> None:
+        """Record a run; ``idle``: the model is not needed now (forget past finds)."""
+        self.last_run = call
+        if found:
+            self.last_found = call
+        elif idle:
+            self.last_found = -(10**9)
+
+
+@dataclass
+class BlazeFaceDetector:
+    """The ``Detector`` protocol on BlazeFace: full-resolution ``FaceBox`` es with eye keypoints.
+
+    The short-range model sees faces from about 12% of the frame's long side
+    up (about 150 px at 1280x720); the full-range one from about 32 px (at
+    1280x720) to well over 300 px, at twice the cost. Each call runs the
+    model(s) needed for the faces seen lately, and each other model once
+    every ``discovery_every_n`` calls to look for newcomers (see ``_plan``
+    and ``_settle``). So a webcam user close to the camera costs one
+    short-range run per frame, a group farther away one full-range run, and
+    a face of any size is picked up within a few frames. Where both models
+    see a face, one model's box is used consistently (the two frame faces
+    slightly differently, and alternating would make the box jump).
+    """
+
+    # Measured against FER-2013 framing: see emojicam/preprocess.py.
+    fer_crop_margins: ClassVar[CropMargins] = BLAZEFACE_CROP_MARGINS
+
+    short_range: BlazeFaceModel
+    full_range: BlazeFaceModel | None = None
+    min_score: float = 0.5
+    min_face_px: int = 32
+    discovery_every_n: int = 4
+    _calls: int = 0
+    _short: _Schedule = field(default_factory=_Schedule)
+    _full: _Schedule = field(default_factory=_Schedule)
+    _last_count: int = 0  # faces returned by the previous call
+    _full_primary: bool = False  # prefer full-range boxes (it alone covers the faces)
+
+    @classmethod
+    def create(
+        cls,
+        cfg: DetectorConfig,
+        model_path: Path | None = None,
+        full_range_path: Path | None = None,
+        *,
+        use_full_range: bool = True,
+        discovery_every_n: int = 4,
+        threads: int = 1,
+    ) -> BlazeFaceDetector:
+        """Load the models. Without ``model_path`` the installed one is used;
+        raises SetupError when it is absent. The full-range model is optional
+        (used when installed and ``use_full_range``)."""
+        path = model_path or find_blazeface_model()
+        if path is None or not Path(path).is_file():
+            where = path or user_models_dir() / SHORT_RANGE.filename
+            raise SetupError(f"BlazeFace model not found at {where}; run 'emojicam models install'")
+        short = BlazeFaceModel.load(Path(path), SHORT_RANGE_GEOMETRY, threads, SHORT_RANGE_MARGIN)
+        full = None
+        if use_full_range:
+            fpath = full_range_path or find_full_range_model()
+            if fpath is not None and Path(fpath).is_file():
+                full = BlazeFaceModel.load(Path(fpath), FULL_RANGE_GEOMETRY, threads)
+            else:
+                log.warning(
+                    "full-range BlazeFace model not installed, so faces narrower than about "
+                    "an eighth of the frame will be missed; run 'emojicam models install'"
+                )
+        return cls(short, full, cfg.min_score, cfg.min_face_px, max(1, discovery_every_n))
+
+    def detect(self, image_bgr: np.ndarray) -> list[FaceBox]:
+        if image_bgr.size == 0:
+            return []
+        h, w = image_bgr.shape[:2]
+        call = self._calls
+        self._calls += 1
+        if self.full_range is None:
+            boxes = self._to_boxes(self._run(self.short_range, image_bgr), w, h)
+            self._last_count = len(boxes)
+            return boxes
+        run_short, run_full = self._plan(call)
+        short = self._run(self.short_range, image_bgr) if run_short else None
+        full = self._run(self.full_range, image_bgr) if run_full else None
+        # Fewer faces than last call: one may have left the reach of the model that ran; ask the other.
+        if short is None and full is not None and len(full) < self._last_count:
+            short = self._run(self.short_range, image_bgr)
+        elif full is None and short is not None and len(short) < self._last_count:
+            full = self._run(self.full_range, image_bgr)
+        self._settle(call, short, full)
+        first, second = (full, short) if self._full_primary else (short, full)
+        first = first if first is not None else Detections.empty()
+        merged = Detections.concat([first] if second is None else [first, _not_overlapping(second, first)])
+        boxes = self._to_boxes(merged, w, h)
+        self._last_count = len(boxes)
+        return boxes
+
+    def _plan(self, call: int) -> tuple[bool, bool]:
+        """Which models run this call: those that found a face lately, and each
+        of the others once every ``discovery_every_n`` calls (every other call
+        when the last call found nothing); models that are only looking take
+        turns, and at least one always runs."""
+        every_n = self.discovery_every_n if self._last_count else min(2, self.discovery_every_n)
+        short_busy = self._short.recently_found(call, every_n)
+        full_busy = self._full.recently_found(call, every_n)
+        run_short = short_busy or self._short.looking_due(call, every_n)
+        run_full = full_busy or self._full.looking_due(call, every_n)
+        if not (short_busy or full_busy) and run_short == run_full:
+            run_short = self._short.last_run <= self._full.last_run
+            run_full = not run_short
+        return run_short, run_full
+
+    def _settle(self, call: int, short: Detections | None, full: Detections | None) -> None:
+        """Record what each model found. When both ran, a model whose faces the
+        other also found is not needed until the next look (prefer the cheaper
+        short-range model when either would do)."""
+        if short is not None and full is not None:
+            if len(_not_overlapping(full, short)) == 0:  # short-range sees everything
+                self._short.ran(call, len(short) > 0)
+                self._full.ran(call, False, idle=True)
+                self._full_primary = False
+            elif len(_not_overlapping(short, full)) == 0:  # full-range sees everything, and more
+                self._short.ran(call, False, idle=True)
+                self._full.ran(call, True)
+                self._full_primary = True
+            else:
+                self._short.ran(call, True)
+                self._full.ran(call, True)
+                self._full_primary = False
+        elif short is not None:
+            self._short.ran(call, len(short) > 0)
+        elif full is not None:
+            self._full.ran(call, len(full) > 0)
+
+    def _run(self, model: BlazeFaceModel, image_bgr: np.ndarray) -> Detections:
+        """One model on the whole image, suppressed, in full-image pixels."""
+        dets, lb = model.run(image_bgr, self.min_score)
+        dets = weighted_nms(dets)
+        side = model.geometry.input_side
+        boxes = lb.to_full(dets.boxes_xyxy.reshape(-1, 2, 2), side).reshape(-1, 4)
+        big = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= self.min_face_px
+        return Detections(boxes[big], lb.to_full(dets.keypoints_xy, side)[big], dets.scores[big])
+
+    def _to_boxes(self, dets: Detections, w: int, h: int) -> list[FaceBox]:
+        out = []
+        for (x0, y0, x1, y1), kps, score in zip(dets.boxes_xyxy, dets.keypoints_xy, dets.scores, strict=True):
+            bw, bh = x1 - x0, y1 - y0
+            box = FaceBox(
+                int(round(x0)),
+                int(round(y0)),
+                int(round(bw)),
+                int(round(bh)),
+                float(score),
+                left_eye_xy=(float(kps[LEFT_EYE, 0]), float(kps[LEFT_EYE, 1])),
+                right_eye_xy=(float(kps[RIGHT_EYE, 0]), float(kps[RIGHT_EYE, 1])),
+            )
+            clipped = box.clipped((w, h))
+            if clipped is not None:
+                out.append(clipped)
+        out.sort(key=lambda b: -b.area)
+        return out
+
+
+def _not_overlapping(extra: Detections, base: Detections, iou_threshold: float = NMS_IOU) -> Detections:
+    """Those of ``extra`` that overlap no box of ``base``."""
+    if len(extra) == 0 or len(base) == 0:
+        return extra
+    keep = np.array(
+        [not np.any(_iou_one_to_many(b, base.boxes_xyxy) > iou_threshold) for b in extra.boxes_xyxy]
+    )
+    return Detections(extra.boxes_xyxy[keep], extra.keypoints_xy[keep], extra.scores[keep])

@@ -1,0 +1,403 @@
+"""BlazeFace: anchors, decoding, suppression and coordinate mapping without the
+model; detection and eye keypoints on real frames when the model is installed
+(``emojicam models install``)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from emojicam import blazeface as bf
+from emojicam import models_install
+from emojicam.config import DetectorConfig
+from emojicam.errors import SetupError
+from tests.factories import SELFIE_MP4, make_image, read_selfie_frames
+
+TRUTH_CSV = Path(__file__).resolve().parents[1] / "benchmarks" / "selfie_faces.csv"
+
+
+# ---------------------------------------------------------------- anchors and decoding
+
+
+def test_short_range_has_896_anchors_in_two_grids() -> None:
+    anchors = bf.generate_anchors(bf.SHORT_RANGE_GEOMETRY)
+    assert anchors.shape == (896, 2)
+    # 16x16 grid (stride 8), two anchors per cell, then 8x8 (stride 16), six per cell
+    np.testing.assert_allclose(anchors[0], anchors[1])
+    np.testing.assert_allclose(anchors[0], [0.5 / 16, 0.5 / 16])
+    np.testing.assert_allclose(anchors[2], [1.5 / 16, 0.5 / 16])  # row-major: x moves first
+    np.testing.assert_allclose(anchors[511], [15.5 / 16, 15.5 / 16])
+    np.testing.assert_allclose(anchors[512:518], np.tile([0.5 / 8, 0.5 / 8], (6, 1)))
+    np.testing.assert_allclose(anchors[-1], [7.5 / 8, 7.5 / 8])
+
+
+def test_full_range_has_2304_anchors_one_per_cell() -> None:
+    anchors = bf.generate_anchors(bf.FULL_RANGE_GEOMETRY)
+    assert anchors.shape == (2304, 2)
+    np.testing.assert_allclose(anchors[1], [1.5 / 48, 0.5 / 48])
+    assert anchors.min() > 0 and anchors.max() < 1
+
+
+def raw_outputs(n: int, hits: dict[int, tuple[float, list[float]]]) -> tuple[np.ndarray, np.ndarray]:
+    """Regressors and logits where only ``hits`` (anchor -> (logit, 16 values)) score."""
+    boxes = np.zeros((n, 16), np.float32)
+    logits = np.full((n, 1), -100.0, np.float32)
+    for k, (logit, values) in hits.items():
+        boxes[k] = values
+        logits[k] = logit
+    return boxes, logits
+
+
+def test_decode_places_box_and_keypoints_relative_to_the_anchor() -> None:
+    anchors = bf.generate_anchors(bf.SHORT_RANGE_GEOMETRY)
+    k = 600  # an anchor of the 8x8 grid
+    ax, ay = anchors[k]
+    values = [4, -2, 32, 40] + [-8, -6, 8, -6, 0, 2, 0, 10, -14, -4, 14, -4]  # input pixels
+    raw_boxes, raw_scores = raw_outputs(896, {k: (2.0, values)})
+    dets = bf.decode(raw_boxes, raw_scores, anchors, 128, min_score=0.5)
+    assert len(dets) == 1
+    cx, cy = ax + 4 / 128, ay - 2 / 128
+    np.testing.assert_allclose(
+        dets.boxes_xyxy[0], [cx - 16 / 128, cy - 20 / 128, cx + 16 / 128, cy + 20 / 128], atol=1e-6
+    )
+    np.testing.assert_allclose(dets.keypoints_xy[0, bf.RIGHT_EYE], [ax - 8 / 128, ay - 6 / 128], atol=1e-6)
+    np.testing.assert_allclose(dets.keypoints_xy[0, bf.LEFT_EYE], [ax + 8 / 128, ay - 6 / 128], atol=1e-6)
+    assert dets.scores[0] == pytest.approx(1 / (1 + math.exp(-2.0)))
+
+
+def test_decode_drops_low_scores_and_survives_extreme_logits() -> None:
+    anchors = bf.generate_anchors(bf.SHORT_RANGE_GEOMETRY)
+    raw_boxes, raw_scores = raw_outputs(896, {3: (0.1, [0] * 16), 4: (-0.1, [0] * 16), 5: (1e9, [0] * 16)})
+    raw_scores[7] = -1e9
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        dets = bf.decode(raw_boxes, raw_scores, anchors, 128, min_score=0.5)
+    assert len(dets) == 2  # anchors 3 and 5; 4 scores 0.475
+    assert dets.scores.max() == pytest.approx(1.0)
+
+
+def dets_of(boxes: list[list[float]], scores: list[float]) -> bf.Detections:
+    b = np.array(boxes, np.float32)
+    kps = np.repeat(b[:, None, :2], bf.NUM_KEYPOINTS, axis=1)  # keypoints at the top-left corner
+    return bf.Detections(b, kps, np.array(scores, np.float32))
+
+
+def test_weighted_nms_averages_a_cluster_and_keeps_separate_faces() -> None:
+    dets = dets_of([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], [0.6, 0.9, 0.7])
+    out = bf.weighted_nms(dets)
+    assert len(out) == 2
+    np.testing.assert_allclose(out.scores, [0.9, 0.7])
+    w = np.array([0.9, 0.6]) / 1.5
+    np.testing.assert_allclose(
+        out.boxes_xyxy[0], w[0] * np.array([1, 1, 11, 11]) + w[1] * np.array([0, 0, 10, 10]), rtol=1e-5
+    )
+    np.testing.assert_allclose(out.keypoints_xy[0, 0], out.boxes_xyxy[0, :2], rtol=1e-5)
+    np.testing.assert_allclose(out.boxes_xyxy[1], [50, 50, 60, 60])
+
+
+def test_weighted_nms_keeps_boxes_that_barely_overlap() -> None:
+    out = bf.weighted_nms(dets_of([[0, 0, 10, 10], [7, 0, 17, 10]], [0.9, 0.8]))  # IoU 3/17
+    assert len(out) == 2
+    assert len(bf.weighted_nms(bf.Detections.empty())) == 0
+
+
+# ---------------------------------------------------------------- letterbox mapping (fake interpreter)
+
+
+class FakeInterpreter:
+    """Returns fixed outputs and records the input it was given."""
+
+    def __init__(self, boxes: np.ndarray, scores: np.ndarray) -> None:
+        self.outputs = {1: boxes[None], 2: scores[None]}
+        self.inputs: list[np.ndarray] = []
+
+    def set_tensor(self, index: int, value: np.ndarray) -> None:
+        self.inputs.append(value.copy())
+
+    def invoke(self) -> None:
+        pass
+
+    def get_tensor(self, index: int) -> np.ndarray:
+        return self.outputs[index]
+
+
+def fake_model(hits: dict[int, tuple[float, list[float]]], margin_frac: float = 0.0) -> bf.BlazeFaceModel:
+    boxes, scores = raw_outputs(896, hits)
+    anchors = bf.generate_anchors(bf.SHORT_RANGE_GEOMETRY)
+    return bf.BlazeFaceModel(
+        FakeInterpreter(boxes, scores), bf.SHORT_RANGE_GEOMETRY, anchors, 0, 1, 2, margin_frac
+    )
+
+
+def centre_hit(
+    anchors: np.ndarray, k: int, centre_px: tuple[float, float], size_px: float, eye_dx_px: float = 10.0
+) -> dict[int, tuple[float, list[float]]]:
+    """Anchor ``k`` predicting a box centred at ``centre_px`` (input pixels) with eyes beside it."""
+    dx = centre_px[0] - anchors[k][0] * 128
+    dy = centre_px[1] - anchors[k][1] * 128
+    kps = [dx - eye_dx_px, dy - 5, dx + eye_dx_px, dy - 5] + [dx, dy] * 4
+    return {k: (5.0, [dx, dy, size_px, size_px, *kps])}
+
+
+def test_detections_map_back_to_full_resolution_through_the_letterbox() -> None:
+    anchors = bf.generate_anchors(bf.SHORT_RANGE_GEOMETRY)
+    # 1280x720 -> 128x72 at scale 0.1, 28 px bars above and below; input centre = frame centre
+    model = fake_model(centre_hit(anchors, 700, (64.0, 64.0), 25.6))
+    detector = bf.BlazeFaceDetector(model, None, min_score=0.5, min_face_px=32)
+    image = make_image((1280, 720))
+    (box,) = detector.detect(image)
+    assert (box.x, box.y, box.w, box.h) == (512, 232, 256, 256)
+    assert box.right_eye_xy == pytest.approx((540.0, 310.0))  # subject's right eye: image left
+    assert box.left_eye_xy == pytest.approx((740.0, 310.0))
+    assert box.roll_deg == pytest.approx(0.0)
+    # the input was the frame in [-1, 1] with mid-grey (0) bars
+    tensor = model.interpreter.inputs[-1][0]
+    assert np.all(tensor[:28] == 0.0) and np.all(tensor[100:] == 0.0)
+    assert tensor[28:100].min() >= -1.0 and tensor[28:100].max() <= 1.0 and tensor[28:100].std() > 0
+
+
+def test_margin_shrinks_the_frame_into_the_middle_of_the_input() -> None:
+    anchors = bf.generate_anchors(bf.SHORT_RANGE_GEOMETRY)
+    model = fake_model(centre_hit(anchors, 700, (64.0, 64.0), 25.6), margin_frac=0.1)
+    detector = bf.BlazeFaceDetector(model, None, min_score=0.5, min_face_px=32)
+    (box,) = detector.detect(make_image((1280, 720)))
+    # usable 102.4 px: scale 0.08 (102x58 image at offset 13, 35), so 25.6 input px = 320 frame px
+    assert box.center_xy == pytest.approx((640.0, 360.0), abs=4)
+    assert box.w == pytest.approx(25.6 * 1280 / 102, abs=1)
+    tensor = model.interpreter.inputs[-1][0]
+    assert np.all(tensor[:, :13] == 0.0) and np.all(tensor[:, 115:] == 0.0)
+
+
+def test_small_boxes_are_dropped_and_boxes_are_clipped_to_the_frame() -> None:
+    anchors = bf.generate_anchors(bf.SHORT_RANGE_GEOMETRY)
+    hits = {**centre_hit(anchors, 700, (64.0, 64.0), 2.0), **centre_hit(anchors, 100, (4.0, 40.0), 20.0)}
+    detector = bf.BlazeFaceDetector(fake_model(hits), None, min_score=0.5, min_face_px=32)
+    (box,) = detector.detect(make_image((1280, 720)))  # the 20 px face is gone
+    assert box.x == 0 and box.w == pytest.approx(140, abs=1)  # centre x 40, half-width 100: cut at 0
+
+
+def test_empty_image_gives_no_faces() -> None:
+    detector = bf.BlazeFaceDetector(fake_model({}), None)
+    assert detector.detect(np.zeros((0, 0, 3), np.uint8)) == []
+
+
+# ---------------------------------------------------------------- which model runs when
+
+
+class ScriptedModel:
+    """Stands in for a ``BlazeFaceModel``: returns the faces (pixel boxes) it
+    is told to see, and counts its runs."""
+
+    def __init__(self, geometry: bf.ModelGeometry) -> None:
+        self.geometry = geometry
+        self.sees: list[tuple[float, float, float, float]] = []
+        self.runs = 0
+
+    def run(self, image_bgr: np.ndarray, min_score: float) -> tuple[bf.Detections, bf.Letterbox]:
+        self.runs += 1
+        side = self.geometry.input_side
+        if not self.sees:
+            return bf.Detections.empty(), bf.Letterbox(1.0, (0.0, 0.0))
+        return dets_of([[v / side for v in box] for box in self.sees], [0.9] * len(self.sees)), bf.Letterbox(
+            1.0, (0.0, 0.0)
+        )
+
+
+BIG = (100.0, 100.0, 400.0, 400.0)
+SMALL = (800.0, 100.0, 860.0, 160.0)
+
+
+def scripted_detector(every_n: int = 4) -> tuple[bf.BlazeFaceDetector, ScriptedModel, ScriptedModel]:
+    short, full = ScriptedModel(bf.SHORT_RANGE_GEOMETRY), ScriptedModel(bf.FULL_RANGE_GEOMETRY)
+    detector = bf.BlazeFaceDetector(short, full, discovery_every_n=every_n)  # type: ignore[arg-type]
+    return detector, short, full
+
+
+def run_calls(detector: bf.BlazeFaceDetector, n: int) -> list[int]:
+    image = make_image((1280, 720))
+    return [len(detector.detect(image)) for _ in range(n)]
+
+
+def test_a_close_face_costs_one_short_range_run_per_call() -> None:
+    detector, short, full = scripted_detector(every_n=4)
+    short.sees, full.sees = [BIG], [BIG]
+    assert run_calls(detector, 12) == [1] * 12
+    assert short.runs == 12 and full.runs <= 4  # full-range only looks for newcomers
+
+
+def test_a_distant_face_costs_one_full_range_run_per_call() -> None:
+    detector, short, full = scripted_detector(every_n=4)
+    full.sees = [SMALL]
+    assert run_calls(detector, 12)[2:] == [1] * 10
+    assert full.runs >= 10 and short.runs <= 5
+
+
+def test_faces_only_each_model_sees_keep_both_running() -> None:
+    detector, short, full = scripted_detector()
+    short.sees, full.sees = [BIG], [SMALL]
+    assert run_calls(detector, 8)[2:] == [2] * 6
+    assert short.runs >= 7 and full.runs >= 7
+
+
+def test_an_empty_scene_alternates_the_models_one_per_call() -> None:
+    detector, short, full = scripted_detector()
+    assert run_calls(detector, 10) == [0] * 10
+    assert short.runs == 5 and full.runs == 5
+
+
+def test_a_face_lost_by_one_model_is_looked_for_with_the_other_at_once() -> None:
+    detector, short, full = scripted_detector()
+    short.sees, full.sees = [BIG], []
+    run_calls(detector, 6)
+    short.sees, full.sees = [], [BIG]  # the face moves away from the camera
+    before = full.runs
+    assert run_calls(detector, 1) == [1]
+    assert full.runs == before + 1
+
+
+def test_without_the_full_range_model_short_range_runs_every_call() -> None:
+    short = ScriptedModel(bf.SHORT_RANGE_GEOMETRY)
+    detector = bf.BlazeFaceDetector(short, None)  # type: ignore[arg-type]
+    assert run_calls(detector, 5) == [0] * 5 and short.runs == 5
+
+
+# ---------------------------------------------------------------- set-up errors
+
+
+def test_create_without_an_installed_model_says_how_to_install(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(models_install, "user_models_dir", lambda: tmp_path)
+    with pytest.raises(SetupError, match="emojicam models install"):
+        bf.BlazeFaceDetector.create(DetectorConfig())
+    assert bf.find_blazeface_model() is None
+    with pytest.raises(SetupError, match=str(tmp_path / "absent.tflite")):
+        bf.BlazeFaceDetector.create(DetectorConfig(), model_path=tmp_path / "absent.tflite")
+
+
+def test_create_rejects_a_file_that_is_not_a_model(tmp_path) -> None:
+    bogus = tmp_path / "face_detection_short_range.tflite"
+    bogus.write_bytes(b"not a flatbuffer" * 64)
+    with pytest.raises(SetupError, match="models install --force"):
+        bf.BlazeFaceDetector.create(DetectorConfig(), model_path=bogus)
+
+
+# ---------------------------------------------------------------- the real models
+
+
+@pytest.fixture(scope="module")
+def detector_paths() -> tuple[Path, Path | None]:
+    path = bf.find_blazeface_model()
+    if path is None:
+        pytest.skip("BlazeFace model not installed (run 'emojicam models install')")
+    return path, bf.find_full_range_model()
+
+
+@pytest.fixture(scope="module")
+def labelled_frames() -> tuple[dict[int, np.ndarray], dict[int, tuple[int, int]]]:
+    if not SELFIE_MP4.exists():
+        pytest.skip(f"selfie clip not found at {SELFIE_MP4} (needs ../shared beside the repo)")
+    truth = {}
+    for line in TRUTH_CSV.read_text().splitlines():
+        if line[:1].isdigit():
+            frame, clear, partial = line.split(",")[:3]
+            truth[int(frame)] = (int(clear), int(partial))
+    return read_selfie_frames(sorted(truth)), truth
+
+
+def test_wrong_model_for_the_geometry_is_rejected(detector_paths) -> None:
+    with pytest.raises(SetupError, match="expected a float32 1x192x192x3 input"):
+        bf.BlazeFaceModel.load(detector_paths[0], bf.FULL_RANGE_GEOMETRY)
+
+
+def test_finds_faces_in_hand_labelled_frames_far_more_often_than_haar(
+    detector_paths, labelled_frames
+) -> None:
+    from emojicam.detect import HaarDetector
+
+    frames, truth = labelled_frames
+    blaze = bf.BlazeFaceDetector.create(DetectorConfig(), *detector_paths)
+    haar = HaarDetector.create(DetectorConfig())
+    with_face = [i for i, (clear, _) in truth.items() if clear]
+    no_face = [i for i, (clear, partial) in truth.items() if not clear and not partial]
+    found = {i: blaze.detect(frames[i]) for i in sorted(frames)}
+    blaze_hits = sum(1 for i in with_face if found[i])
+    haar_hits = sum(1 for i in with_face if haar.detect(frames[i]))
+    assert blaze_hits >= 0.9 * len(with_face), f"BlazeFace found {blaze_hits} of {len(with_face)}"
+    assert blaze_hits >= haar_hits + 0.3 * len(with_face), (blaze_hits, haar_hits)
+    assert sum(len(found[i]) for i in no_face) <= 1, "faces reported in frames without a visible face"
+
+
+def test_eye_keypoints_sit_on_the_eyes_and_follow_head_roll(detector_paths, labelled_frames) -> None:
+    frames, _ = labelled_frames
+    blaze = bf.BlazeFaceDetector.create(DetectorConfig(), *detector_paths)
+    image = frames[100]  # one frontal, upright face
+    (box,) = blaze.detect(image)
+    (rx, ry), (lx, ly) = box.right_eye_xy, box.left_eye_xy
+    assert box.x < rx < lx < box.x + box.w, "subject's right eye must be on the image's left"
+    assert box.y < min(ry, ly) and max(ry, ly) < box.y + 0.5 * box.h, "eyes in the upper half of the box"
+    assert 0.25 < (lx - rx) / box.w < 0.6
+    assert abs(box.roll_deg) < 12
+    # Turn the picture 20 degrees clockwise about the face: the roll follows.
+    rot = cv2.getRotationMatrix2D(box.center_xy, -20.0, 1.0)
+    turned = cv2.warpAffine(image, rot, (image.shape[1], image.shape[0]), borderMode=cv2.BORDER_REFLECT)
+    (turned_box,) = blaze.detect(turned)
+    assert turned_box.roll_deg - box.roll_deg == pytest.approx(20.0, abs=6.0)
+    eye_mid = rot @ np.array([(rx + lx) / 2, (ry + ly) / 2, 1.0])
+    got_mid = np.mean([turned_box.right_eye_xy, turned_box.left_eye_xy], axis=0)
+    assert np.linalg.norm(got_mid - eye_mid) < 0.08 * box.w
+
+
+def paste_face(background: np.ndarray, face: np.ndarray, face_side_px: int, xy: tuple[int, int]) -> None:
+    crop = cv2.resize(face, (face_side_px, face_side_px), interpolation=cv2.INTER_AREA)
+    x, y = xy
+    background[y : y + face_side_px, x : x + face_side_px] = crop
+
+
+def face_crop(detector: bf.BlazeFaceDetector, image: np.ndarray) -> np.ndarray:
+    box = detector.detect(image)[0]
+    side = int(box.w * 1.6)
+    padded = cv2.copyMakeBorder(image, side, side, side, side, cv2.BORDER_REPLICATE)
+    x0, y0 = int(box.center_xy[0] - side / 2) + side, int(box.center_xy[1] - side / 2) + side
+    return padded[y0 : y0 + side, x0 : x0 + side].copy()
+
+
+def test_small_distant_faces_need_and_get_the_full_range_model(detector_paths, labelled_frames) -> None:
+    if detector_paths[1] is None:
+        pytest.skip("full-range BlazeFace model not installed")
+    frames, _ = labelled_frames
+    both = bf.BlazeFaceDetector.create(DetectorConfig(), *detector_paths)
+    short_only = bf.BlazeFaceDetector.create(DetectorConfig(), detector_paths[0], use_full_range=False)
+    face = face_crop(both, frames[100])
+    scene = cv2.resize(frames[400], (1280, 720))  # a landscape without people
+    paste_face(scene, face, 96, (300, 200))  # a face about 60 px wide
+    assert short_only.detect(scene) == []
+    seen = [both.detect(scene) for _ in range(3)]  # the full-range model runs within two calls
+    boxes = [b for found in seen for b in found]
+    assert boxes, "the full-range model missed a 60 px face"
+    assert all(300 <= b.center_xy[0] <= 396 and 200 <= b.center_xy[1] <= 296 for b in boxes)
+
+
+def test_eight_faces_in_a_720p_frame(detector_paths, labelled_frames) -> None:
+    frames, _ = labelled_frames
+    detector = bf.BlazeFaceDetector.create(DetectorConfig(), *detector_paths)
+    faces = [face_crop(detector, frames[i]) for i in (60, 65, 100, 120, 240, 250, 300, 310)]  # frontal
+    scene = cv2.resize(frames[400], (1280, 720))
+    for i, face in enumerate(faces):
+        paste_face(scene, face, 280, (20 + (i % 4) * 320, 40 + (i // 4) * 360))
+    found = max((detector.detect(scene) for _ in range(3)), key=len)
+    assert len(found) == 8
+
+
+def test_auto_backend_falls_back_to_haar_with_one_warning(tmp_path, monkeypatch, caplog) -> None:
+    from emojicam.detect import HaarDetector, create_detector
+
+    monkeypatch.setattr(models_install, "user_models_dir", lambda: tmp_path)
+    with caplog.at_level("WARNING"):
+        detector = create_detector(DetectorConfig(backend="auto"))
+    assert isinstance(detector, HaarDetector)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "emojicam models install" in warnings[0]
+    with pytest.raises(SetupError, match="emojicam models install"):
+        create_detector(DetectorConfig(backend="blazeface"))
