@@ -18,7 +18,6 @@ from emojicam.config import TrackerConfig
 from emojicam.pipeline import Track
 from emojicam.types import FaceBox
 
-
 # Second-pass matching: a box whose centre moved at most this many face sizes,
 # and whose size changed by at most this factor, is the same face.
 MAX_CENTRE_JUMP = 1.5
@@ -52,11 +51,7 @@ class IoUTracker:
                 break
             if i in used_t or j in used_b:
                 continue
-            used_t.add(i)
-            used_b.add(j)
-            s = self._tracks[i]
-            s.track = Track(s.track.track_id, boxes[j], 0, s.track.age_frames + 1)
-            s.last_seen_s = timestamp_s
+            self._assign(i, j, boxes, used_t, used_b, timestamp_s)
         self._match_by_distance(boxes, used_t, used_b, timestamp_s)
         survivors = []
         for i, s in enumerate(self._tracks):
@@ -92,11 +87,15 @@ class IoUTracker:
         for _, i, j in sorted(pairs):
             if i in used_t or j in used_b:
                 continue
-            used_t.add(i)
-            used_b.add(j)
-            s = self._tracks[i]
-            s.track = Track(s.track.track_id, boxes[j], 0, s.track.age_frames + 1)
-            s.last_seen_s = timestamp_s
+            self._assign(i, j, boxes, used_t, used_b, timestamp_s)
+
+    def _assign(self, i: int, j: int, boxes: Sequence[FaceBox], used_t: set[int], used_b: set[int],
+                timestamp_s: float) -> None:
+        used_t.add(i)
+        used_b.add(j)
+        s = self._tracks[i]
+        s.track = Track(s.track.track_id, boxes[j], 0, s.track.age_frames + 1)
+        s.last_seen_s = timestamp_s
 
     def reset(self) -> None:
         self._tracks.clear()
