@@ -353,6 +353,7 @@ class BlazeFaceDetector:
     _short: _Schedule = field(default_factory=_Schedule)
     _full: _Schedule = field(default_factory=_Schedule)
     _last_count: int = 0  # faces returned by the previous call
+    _strict_min_score: float | None = None  # set by set_privacy(); None: normal detection
     _full_primary: bool = False  # prefer full-range boxes (it alone covers the faces)
 
     @classmethod
@@ -396,7 +397,7 @@ class BlazeFaceDetector:
             boxes = self._to_boxes(self._run(self.short_range, image_bgr), w, h)
             self._last_count = len(boxes)
             return boxes
-        run_short, run_full = self._plan(call)
+        run_short, run_full = (True, True) if self._strict_min_score is not None else self._plan(call)
         short = self._run(self.short_range, image_bgr) if run_short else None
         full = self._run(self.full_range, image_bgr) if run_full else None
         # Fewer faces than last call: one may have left the reach of the model that ran; ask the other.
@@ -449,9 +450,17 @@ class BlazeFaceDetector:
         elif full is not None:
             self._full.ran(call, len(full) > 0)
 
+    def set_privacy(self, strict: bool, min_score: float) -> None:
+        """Privacy-first detection (replace mode with privacy on): every model
+        runs on every call, so a face that only the idle model would see is
+        not missed for a frame, and faces scored from ``min_score`` count too
+        (a face the detector is unsure of is covered rather than shown)."""
+        self._strict_min_score = min(min_score, self.min_score) if strict else None
+
     def _run(self, model: BlazeFaceModel, image_bgr: np.ndarray) -> Detections:
         """One model on the whole image, suppressed, in full-image pixels."""
-        dets, lb = model.run(image_bgr, self.min_score)
+        threshold = self.min_score if self._strict_min_score is None else self._strict_min_score
+        dets, lb = model.run(image_bgr, threshold)
         dets = weighted_nms(dets)
         side = model.geometry.input_side
         boxes = lb.to_full(dets.boxes_xyxy.reshape(-1, 2, 2), side).reshape(-1, 4)

@@ -43,9 +43,10 @@ def labels_path_for(model_path: Path) -> Path:
 def read_labels(path: Path) -> list[str]:
     try:
         return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise SetupError(
-            f"{path}: labels file missing or unreadable ({exc.strerror or exc}); it must sit beside "
+            f"{path}: labels file missing or unreadable ({why}); it must sit beside "
             "the model and list the classes in output order, one per line"
         ) from exc
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -94,6 +95,7 @@ class EmojiConfig:
 class PrivacyConfig:
     enabled: bool = True  # in replace mode, never show a face the pipeline cannot cover
     action: Literal["blur", "blank"] = "blur"
+    min_score: float = _num(0.3, 0.0, 1.0)  # replace mode: also cover faces the detector is this unsure of
 
 
 @dataclass(frozen=True)
@@ -313,6 +315,13 @@ def _kind(value: Any) -> str:
             bool: "a boolean"}.get(type(value), type(value).__name__)
 
 
+# A bounded repr: a YAML alias bomb expands to a huge nested list, and plain
+# repr() of it would take minutes and gigabytes.
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxlist, _SHORT_REPR.maxdict = 2, 4, 4
+_SHORT_REPR.maxstring, _SHORT_REPR.maxother = 50, 50
+
+
 def _show(value: Any) -> str:
-    text = repr(value)
+    text = _SHORT_REPR.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."

@@ -64,6 +64,13 @@ class Track:
     age_frames: int = 0
 
 
+class PrivacyAwareDetector(Protocol):
+    """Optional: a detector that can trade speed and false alarms for never
+    missing a face (used in replace mode with privacy on)."""
+
+    def set_privacy(self, strict: bool, min_score: float) -> None: ...
+
+
 class Tracker(Protocol):
     def update(self, boxes: Sequence[FaceBox] | None, timestamp_s: float) -> list[Track]:
         """Match this frame's detections to tracks. ``boxes=None`` means the
@@ -119,15 +126,18 @@ class Pipeline:
     detect_every_n: int = 1
     classify_every_n: int = 1
     privacy_action: str | None = "blur"  # None: privacy fallback off
+    privacy_min_score: float = 0.3  # replace mode: detector score from which a face is covered
     times: StageTimes = field(default_factory=StageTimes)
     failed_frames: int = 0
     _frames_seen: int = 0
     _warned: set[str] = field(default_factory=set)
+    _detector_strict: bool | None = None
 
     def analyse(self, frame: Frame) -> list[FaceResult]:
         """Detect, track, classify and smooth; no drawing."""
         clock = time.perf_counter
         image = frame.image_bgr
+        self._sync_detector_privacy()
         run_detector = self._frames_seen % self.detect_every_n == 0
         classify_now = self._frames_seen % self.classify_every_n == 0
         self._frames_seen += 1
@@ -184,6 +194,16 @@ class Pipeline:
                 return privacy_cover(image, self.privacy_action), []
             return image.copy(), []
 
+    def _sync_detector_privacy(self) -> None:
+        """Tell a privacy-aware detector whether the mask must never slip
+        (checked every frame, so any way of changing the mode is honoured)."""
+        strict = self.mode == "replace" and self.privacy_action is not None
+        if strict != self._detector_strict:
+            hook = getattr(self.detector, "set_privacy", None)
+            if hook is not None:
+                hook(strict, self.privacy_min_score)
+            self._detector_strict = strict
+
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
@@ -213,6 +233,7 @@ def build_pipeline(config: Config) -> Pipeline:
         compositor=EmojiCompositor.create(config.emoji, config.privacy),
         mode=config.mode,
         privacy_action=config.privacy.action if config.privacy.enabled else None,
+        privacy_min_score=config.privacy.min_score,
         detect_every_n=config.detector.every_n_frames,
         classify_every_n=config.classifier.every_n_frames,
     )
