@@ -250,6 +250,9 @@ def _coerce(hint: Any, value: Any, meta: Any, source: str, name: str) -> Any:
     origin = typing.get_origin(hint)
     if origin is Literal:
         choices = typing.get_args(hint)
+        # YAML 1.1 reads a bare `off` as false and `null` as nothing; users
+        # write `mode: off` and `kind: null` and mean the words.
+        value = _YAML_WORDS.get((type(value), value), value) if value in (False, None) else value
         if value not in choices:
             raise bad("one of " + ", ".join(map(str, choices)))
         return value
@@ -289,6 +292,8 @@ def _coerce(hint: Any, value: Any, meta: Any, source: str, name: str) -> Any:
         return value
     raise TypeError(f"config field {name} has unsupported type {hint}")  # programming error
 
+
+_YAML_WORDS: dict[tuple[type, Any], str] = {(bool, False): "off", (type(None), None): "null"}
 
 _TYPE_WORDS = {"int": "a whole number", "str": "a string", "float": "a number", "null": "null"}
 

@@ -11,7 +11,6 @@ of them. ``build_pipeline(config)`` wires the real ones.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -240,9 +239,16 @@ def build_pipeline(config: Config) -> Pipeline:
 
 
 def reconfigure(pipeline: Pipeline, old: Config, new: Config) -> Pipeline:
-    """Apply a new config to a running pipeline, rebuilding only the stages
-    whose settings changed (tracks and smoothing survive a mode switch)."""
-    if dataclasses.replace(old, mode=new.mode) == new:
+    """Apply a new config to a running pipeline. A change of mode (or of
+    settings the pipeline does not use, like the camera or the sink) keeps
+    every stage, with its tracks and smoothed scores; a change to a stage's
+    settings rebuilds the pipeline (reloading models)."""
+    if _pipeline_settings(old) == _pipeline_settings(new):
         pipeline.set_mode(new.mode)
         return pipeline
     return build_pipeline(new)
+
+
+def _pipeline_settings(config: Config) -> tuple[object, ...]:
+    return (config.detector, config.classifier, config.tracker, config.smoothing, config.emoji,
+            config.privacy)

@@ -17,3 +17,17 @@ def selfie_mp4():
     if not SELFIE_MP4.exists():
         pytest.skip(f"selfie clip not found at {SELFIE_MP4} (needs ../shared beside the repo)")
     return SELFIE_MP4
+
+
+@pytest.fixture
+def recorder():
+    """A pyvirtualcam backend that records frames, registered for the test."""
+    import pyvirtualcam
+
+    from tests.factories import RECORDER_BACKEND, RecordingBackend
+
+    pyvirtualcam.register_backend(RECORDER_BACKEND, RecordingBackend)
+    RecordingBackend.instances.clear()
+    RecordingBackend.fail_sends = False
+    yield RecordingBackend
+    RecordingBackend.fail_sends = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -203,6 +204,9 @@ def make_sysfs_tree(root: Path, devices: list[tuple[int, str, bool]]) -> Path:
         if not is_loopback:
             (d / "device").mkdir(exist_ok=True)
     return root
+
+
+RECORDER_BACKEND = "emojicam-test-recorder"
 
 
 class RecordingBackend:
@@ -423,3 +427,41 @@ def read_selfie_frames(indices: list[int]) -> dict[int, np.ndarray]:
         index += 1
     cap.release()
     return out
+
+
+def network_sockets(pid: int | str = "self") -> list[str]:
+    """This process's TCP/UDP sockets (v4 and v6), from /proc."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    found = []
+    for table in ("tcp", "tcp6", "udp", "udp6", "raw", "raw6"):
+        try:
+            rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        found += [f"{table}:{row.split()[9]}" for row in rows if row.split()[9] in inodes]
+    return found
+
+
+def daemon_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """Environment for a daemon subprocess whose folders all live in ``tmp_path``
+    (runtime dir 0700, state, config) and that sees no display unless given one."""
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700, exist_ok=True)
+    env = dict(os.environ)
+    env.update(
+        XDG_RUNTIME_DIR=str(run),
+        XDG_STATE_HOME=str(tmp_path / "state"),
+        XDG_CONFIG_HOME=str(tmp_path / "config"),
+        PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+    )
+    env.pop("DISPLAY", None)
+    env.pop("WAYLAND_DISPLAY", None)
+    env.update(extra)
+    return env

@@ -140,3 +140,12 @@ def test_fuzz_arbitrary_text(text):
         assert "fuzz.yaml" in str(exc)
     else:
         assert isinstance(cfg, Config)
+
+
+def test_yaml_words_off_and_null_mean_the_words(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("mode: off\nsink:\n  kind: null\n")
+    loaded = load_config(cfg, use_user_file=False)
+    assert (loaded.mode, loaded.sink.kind) == ("off", "null")
+    with pytest.raises(ConfigError, match="camera.mirror: expected true or false"):
+        from_dict({"camera": {"mirror": None}}, "f.yaml")

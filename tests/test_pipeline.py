@@ -172,3 +172,11 @@ def test_odd_frames_never_raise(image):
     assert isinstance(out, np.ndarray)
     if image.size and image.ndim in (2, 3) and (image.ndim == 2 or image.shape[2] in (1, 3, 4)):
         assert out.shape == image.shape[:2] + (3,) and out.dtype == np.uint8
+
+
+def test_reconfigure_camera_or_sink_change_keeps_stages():
+    from emojicam.config import CameraConfig, SinkConfig
+
+    p = make_pipeline()
+    new = dataclasses.replace(Config(), camera=CameraConfig(mirror=True), sink=SinkConfig(fps=15))
+    assert reconfigure(p, Config(), new.with_mode("decorate")) is p and p.mode == "decorate"

@@ -34,7 +34,7 @@ import pytest
 
 from emojicam import control, engine
 from emojicam.config import CameraConfig, Config, SinkConfig, load_config
-from tests.factories import make_fake_pipeline, make_scene, write_test_video
+from tests.factories import make_fake_pipeline, make_scene, network_sockets, write_test_video
 
 REPO = Path(__file__).resolve().parents[1]
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Unix sockets and /proc: Linux")
@@ -49,26 +49,6 @@ def wait_for(predicate, timeout_s: float = 5.0, poll_s: float = 0.02) -> None:
         if time.monotonic() - t0 > timeout_s:
             raise AssertionError(f"condition not met within {timeout_s} s")
         time.sleep(poll_s)
-
-
-def network_sockets(pid: int | str = "self") -> list[str]:
-    """This process's TCP/UDP sockets (v4 and v6), from /proc."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            inodes.add(link[8:-1])
-    found = []
-    for table in ("tcp", "tcp6", "udp", "udp6", "raw", "raw6"):
-        try:
-            rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
-        except OSError:
-            continue
-        found += [f"{table}:{row.split()[9]}" for row in rows if row.split()[9] in inodes]
-    return found
 
 
 class NetworkGuard:

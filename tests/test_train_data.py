@@ -6,11 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from emojicam.types import Emotion
 from train import CLASS_NAMES
 from train.data import load_fer, soft_labels_from_votes
 from train.evaluate import confusion_matrix
-
-from emojicam.types import Emotion
 
 
 def test_class_names_match_runtime_enum():
@@ -23,7 +22,8 @@ def test_ferplus_votes_map_to_fer_order():
                       [1, 0, 0, 0, 5, 0, 0, 4, 0, 0],
                       [0, 0, 0, 0, 0, 0, 0, 0, 0, 10]], np.uint8)
     soft = soft_labels_from_votes(votes)
-    happy, surprise, neutral, angry = (CLASS_NAMES.index(c) for c in ("happy", "surprise", "neutral", "angry"))
+    happy, surprise, neutral, angry = (
+        CLASS_NAMES.index(c) for c in ("happy", "surprise", "neutral", "angry"))
     assert soft[0, happy] == pytest.approx(0.8) and soft[0, surprise] == pytest.approx(0.2)
     assert soft[1, angry] == pytest.approx(5 / 6) and soft[1, neutral] == pytest.approx(1 / 6)
     assert soft[2].sum() == 0  # not a face: no target
@@ -38,7 +38,8 @@ def test_csv_and_npz_give_the_same_split(tmp_path):
              pixels_exact=np.ones(6, np.uint8))
     names = {0: "Training", 1: "PublicTest", 2: "PrivateTest"}
     rows = ["emotion,pixels,Usage"] + [
-        f"{lab},{' '.join(map(str, im.reshape(-1)))},{names[u]}" for im, lab, u in zip(images, labels, usage)
+        f"{lab},{' '.join(map(str, im.reshape(-1)))},{names[u]}"
+        for im, lab, u in zip(images, labels, usage, strict=True)
     ]
     (tmp_path / "f.csv").write_text("\n".join(rows) + "\n")
     for split, expect in (("train", [0, 1, 5]), ("public", [2]), ("private", [3, 4])):

@@ -1,0 +1,225 @@
+"""``emojicam autostart enable|disable|status``: start EmojiCam at login.
+
+Linux: an XDG autostart entry (``~/.config/autostart/emojicam.desktop``,
+the default: every desktop session starts it with the session's DISPLAY, so
+the tray works), or a systemd user unit (``~/.config/systemd/user/
+emojicam.service``, bound to ``graphical-session.target``; the desktop must
+import DISPLAY into the user manager, which GNOME and KDE do).
+macOS: a LaunchAgent (``~/Library/LaunchAgents/org.emojicam.EmojiCam.plist``).
+Windows: not implemented yet; put a shortcut to ``emojicam`` into the
+``shell:startup`` folder.
+
+All paths derive from ``home`` so tests write into a temporary folder; the
+``systemctl`` call goes through an injectable ``runner``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from emojicam.errors import EmojiCamError
+
+UNIT_NAME = "emojicam.service"
+PLIST_LABEL = "org.emojicam.EmojiCam"
+
+Runner = Callable[[Sequence[str]], Any]
+
+
+def _config_home(home: Path | None) -> Path:
+    if home is not None:
+        return home / ".config"
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    return Path(xdg) if xdg else Path.home() / ".config"
+
+
+def desktop_path(home: Path | None = None) -> Path:
+    return _config_home(home) / "autostart" / "emojicam.desktop"
+
+
+def unit_path(home: Path | None = None) -> Path:
+    return _config_home(home) / "systemd" / "user" / UNIT_NAME
+
+
+def plist_path(home: Path | None = None) -> Path:
+    return (home or Path.home()) / "Library" / "LaunchAgents" / f"{PLIST_LABEL}.plist"
+
+
+def command_line() -> list[str]:
+    """How to start the daemon: the installed ``emojicam`` script beside this
+    interpreter if there is one, else ``python -m emojicam``."""
+    script = Path(sys.executable).with_name("emojicam")
+    if script.exists():
+        return [str(script), "run"]
+    found = shutil.which("emojicam")
+    if found:
+        return [found, "run"]
+    return [sys.executable, "-m", "emojicam", "run"]
+
+
+def _quote(arg: str) -> str:
+    """Quoting for .desktop Exec= and systemd ExecStart= (both take double quotes)."""
+    if arg and not any(c in arg for c in " \t\n\"'\\`$;&|<>()*?#~=%"):
+        return arg
+    escaped = arg.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`").replace("$", "\\$")
+    return f'"{escaped}"'
+
+
+def desktop_entry(cmd: Sequence[str]) -> str:
+    exec_line = " ".join(_quote(a) for a in cmd).replace("%", "%%")
+    return (
+        "[Desktop Entry]\n"
+        "Type=Application\n"
+        "Name=EmojiCam\n"
+        "Comment=Emoji faces as a virtual camera\n"
+        f"Exec={exec_line}\n"
+        "Icon=camera-web\n"
+        "Terminal=false\n"
+        "X-GNOME-Autostart-enabled=true\n"
+        "X-GNOME-Autostart-Delay=3\n"
+    )
+
+
+def systemd_unit(cmd: Sequence[str]) -> str:
+    exec_line = " ".join(_quote(a) for a in cmd).replace("%", "%%")
+    return (
+        "[Unit]\n"
+        "Description=EmojiCam: emoji faces as a virtual camera\n"
+        "PartOf=graphical-session.target\n"
+        "After=graphical-session.target\n\n"
+        "[Service]\n"
+        f"ExecStart={exec_line}\n"
+        "Restart=on-failure\n"
+        "RestartSec=5\n"
+        "TimeoutStopSec=5\n\n"
+        "[Install]\n"
+        "WantedBy=graphical-session.target\n"
+    )
+
+
+def launch_agent(cmd: Sequence[str]) -> str:
+    from xml.sax.saxutils import escape
+
+    args = "".join(f"    <string>{escape(a)}</string>\n" for a in cmd)
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">\n'
+        '<plist version="1.0">\n<dict>\n'
+        f"  <key>Label</key><string>{PLIST_LABEL}</string>\n"
+        f"  <key>ProgramArguments</key>\n  <array>\n{args}  </array>\n"
+        "  <key>RunAtLoad</key><true/>\n"
+        "</dict>\n</plist>\n"
+    )
+
+
+def _systemctl(runner: Runner | None, *args: str) -> str | None:
+    """Run ``systemctl --user ARGS``; None on success, else why not."""
+    if runner is None:
+        if shutil.which("systemctl") is None:
+            return "systemctl not found"
+
+        def runner(cmd: Sequence[str]) -> Any:
+            return subprocess.run(list(cmd), capture_output=True, text=True, timeout=15, check=False)  # noqa: S603
+
+    try:
+        done = runner(["systemctl", "--user", *args])
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if getattr(done, "returncode", 0) != 0:
+        return (getattr(done, "stderr", "") or "").strip() or f"exit code {done.returncode}"
+    return None
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def enable(
+    method: str = "xdg",
+    *,
+    home: Path | None = None,
+    system: str | None = None,
+    runner: Runner | None = None,
+    cmd: Sequence[str] | None = None,
+) -> str:
+    """Install the login entry; returns what was done (for the user)."""
+    system = system or platform.system()
+    cmd = list(cmd or command_line())
+    if system == "Darwin":
+        _write(plist_path(home), launch_agent(cmd))
+        return f"wrote {plist_path(home)}; EmojiCam starts at your next login"
+    if system != "Linux":
+        raise EmojiCamError(
+            "autostart is not implemented on Windows yet: press Win+R, type shell:startup, "
+            "and put a shortcut to 'emojicam' there"
+        )
+    if method == "systemd":
+        _remove(desktop_path(home))
+        _write(unit_path(home), systemd_unit(cmd))
+        problem = _systemctl(runner, "daemon-reload") or _systemctl(runner, "enable", UNIT_NAME)
+        if problem:
+            return (
+                f"wrote {unit_path(home)}, but enabling it failed ({problem}); run: "
+                f"systemctl --user daemon-reload && systemctl --user enable {UNIT_NAME}"
+            )
+        return (
+            f"wrote and enabled {unit_path(home)}; EmojiCam starts with your next graphical session "
+            f"(start it now with: systemctl --user start {UNIT_NAME})"
+        )
+    if method != "xdg":
+        raise EmojiCamError(f"unknown autostart method {method!r}; use xdg or systemd")
+    _disable_unit(home, runner)
+    _write(desktop_path(home), desktop_entry(cmd))
+    return f"wrote {desktop_path(home)}; EmojiCam starts at your next login"
+
+
+def _remove(path: Path) -> bool:
+    try:
+        path.unlink()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _disable_unit(home: Path | None, runner: Runner | None) -> bool:
+    if not unit_path(home).exists():
+        return False
+    _systemctl(runner, "disable", UNIT_NAME)
+    _remove(unit_path(home))
+    _systemctl(runner, "daemon-reload")
+    return True
+
+
+def disable(*, home: Path | None = None, system: str | None = None, runner: Runner | None = None) -> str:
+    system = system or platform.system()
+    removed = []
+    if system == "Darwin":
+        if _remove(plist_path(home)):
+            removed.append(str(plist_path(home)))
+    elif system == "Linux":
+        if _disable_unit(home, runner):
+            removed.append(str(unit_path(home)))
+        if _remove(desktop_path(home)):
+            removed.append(str(desktop_path(home)))
+    else:
+        raise EmojiCamError(
+            "autostart is not implemented on Windows yet: remove the EmojiCam shortcut "
+            "from the shell:startup folder"
+        )
+    return ("removed " + ", ".join(removed)) if removed else "autostart was not enabled"
+
+
+def status(*, home: Path | None = None, system: str | None = None) -> str:
+    system = system or platform.system()
+    paths = [plist_path(home)] if system == "Darwin" else [desktop_path(home), unit_path(home)]
+    found = [str(p) for p in paths if p.exists()]
+    return ("enabled: " + ", ".join(found)) if found else "autostart is not enabled"

@@ -1,0 +1,350 @@
+"""The local control channel: one JSON object per line over a Unix socket.
+
+The socket lives in the user's runtime folder (``$XDG_RUNTIME_DIR/emojicam``
+on Linux), is created with mode 0600 (bound under a 0177 umask, so it is
+never world-accessible, not even for an instant), and on Linux each peer's
+uid is checked with ``SO_PEERCRED``. Requests larger than
+``MAX_REQUEST_BYTES``, malformed JSON, unknown commands and bad arguments
+are answered with ``{"ok": false, "error": ...}`` and never reach the engine.
+
+Requests and answers::
+
+    {"cmd": "status"}                 -> {"ok": true, "status": {...}}
+    {"cmd": "mode", "mode": "label"}  -> {"ok": true, "mode": "label"}
+    {"cmd": "pause"} / {"cmd": "resume"} / {"cmd": "reload"} / {"cmd": "quit"}
+    {"cmd": "mirror", "on": true} / {"cmd": "preview", "on": false}
+
+Single instance: ``InstanceLock`` holds a ``filelock`` lock in the same
+folder; a second daemon fails to take it and says which pid runs.
+
+Windows: a named-pipe transport is not implemented yet; there ``ctl`` says
+so and the tray menu is the way to control the daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import socketserver
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from emojicam.config import MODES
+from emojicam.errors import EmojiCamError
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 4096
+MAX_REPLY_BYTES = 1 << 20
+REQUEST_TIMEOUT_S = 2.0
+COMMANDS = ("status", "mode", "pause", "resume", "reload", "quit", "mirror", "preview")
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class NotRunning(EmojiCamError):
+    """No daemon answers on the control socket."""
+
+
+class AlreadyRunning(EmojiCamError):
+    """Another daemon holds the instance lock."""
+
+
+class ControlError(EmojiCamError):
+    """The daemon refused a request or the channel is unusable."""
+
+
+def runtime_dir() -> Path:
+    """``$XDG_RUNTIME_DIR/emojicam`` on Linux; without XDG_RUNTIME_DIR,
+    platformdirs' fallback (``/tmp/runtime-$UID/emojicam``), which
+    ``_ensure_private_dir`` checks is ours."""
+    import warnings
+
+    from platformdirs import user_runtime_path
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fallback warning; we check the folder ourselves
+        return user_runtime_path("emojicam")
+
+
+def socket_path(folder: Path | None = None) -> Path:
+    return (folder or runtime_dir()) / "control.sock"
+
+
+def _ensure_private_dir(folder: Path) -> None:
+    """Create ``folder`` (0700); refuse one that another user owns, e.g. a
+    pre-made ``/tmp/runtime-UID`` meant to intercept the socket."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if hasattr(os, "getuid") and (folder.is_symlink() or folder.stat().st_uid != os.getuid()):
+        raise ControlError(
+            f"{folder} belongs to another user or is a link; set XDG_RUNTIME_DIR to a private folder"
+        )
+    with contextlib.suppress(OSError):  # not ours to change (a shared tmp): the socket itself is 0600
+        os.chmod(folder, 0o700)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def validate(request: Any) -> dict[str, Any]:
+    """The request if well-formed; raises ValueError with a message otherwise."""
+    if not isinstance(request, dict):
+        raise ValueError("request must be a JSON object")
+    cmd = request.get("cmd")
+    if cmd not in COMMANDS:
+        raise ValueError(f"unknown command {cmd!r}; known: {', '.join(COMMANDS)}")
+    allowed = {"cmd"} | {"mode": {"mode"}, "mirror": {"on"}, "preview": {"on"}}.get(cmd, set())
+    extra = set(request) - allowed
+    if extra:
+        raise ValueError(f"{cmd}: unexpected field(s) {', '.join(sorted(map(str, extra)))}")
+    if cmd == "mode" and request.get("mode") not in MODES:
+        raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {request.get('mode')!r}")
+    if cmd in ("mirror", "preview") and not isinstance(request.get("on"), bool):
+        raise ValueError(f"{cmd}: 'on' must be true or false")
+    return request
+
+
+def decode_request(line: bytes) -> dict[str, Any]:
+    if len(line) > MAX_REQUEST_BYTES:
+        raise ValueError(f"request too long (more than {MAX_REQUEST_BYTES} bytes)")
+    try:
+        data = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"malformed request: {exc}") from None
+    return validate(data)
+
+
+# ---------------------------------------------------------------- server
+
+
+def _peer_uid(sock: socket.socket) -> int | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[1])
+
+
+class _RequestHandler(socketserver.StreamRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        self.request.settimeout(REQUEST_TIMEOUT_S)
+        try:
+            uid = _peer_uid(self.request)
+            if uid is not None and uid != os.getuid():
+                self._reply({"ok": False, "error": "permission denied"})
+                return
+            line = self.rfile.readline(MAX_REQUEST_BYTES + 1)
+            if len(line) > MAX_REQUEST_BYTES:
+                self._reply({"ok": False, "error": f"request too long (more than {MAX_REQUEST_BYTES} bytes)"})
+                return
+            if not line.strip():
+                self._reply({"ok": False, "error": "empty request"})
+                return
+            try:
+                request = decode_request(line.strip())
+            except ValueError as exc:
+                self._reply({"ok": False, "error": str(exc)})
+                return
+            try:
+                reply = self.server.handler(request)
+            except Exception as exc:  # noqa: BLE001 - the channel reports, never crashes
+                log.exception("control command %s failed", request.get("cmd"))
+                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            self._reply(reply)
+        except (TimeoutError, OSError) as exc:
+            log.debug("control connection dropped: %s", exc)
+
+    def _reply(self, reply: dict[str, Any]) -> None:
+        self.wfile.write(json.dumps(reply).encode() + b"\n")
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    allow_reuse_address = False
+    request_queue_size = 64
+
+    def __init__(self, path: str, handler: Handler) -> None:
+        super().__init__(path, _RequestHandler, bind_and_activate=False)
+        self.handler = handler
+
+
+class ControlServer:
+    """Serves ``handler`` on a Unix socket; ``start()`` binds, ``stop()``
+    closes and removes the socket file. Call only while holding the
+    ``InstanceLock`` (a leftover socket file is removed on start)."""
+
+    def __init__(self, handler: Handler, path: Path | None = None) -> None:
+        self.path = path or socket_path()
+        self._handler = handler
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if not hasattr(socket, "AF_UNIX"):
+            raise ControlError(
+                "the control channel is not implemented on this platform yet (Windows "
+                "needs a named pipe); use the tray menu"
+            )
+        _ensure_private_dir(self.path.parent)
+        if self.path.exists() or self.path.is_symlink():
+            self.path.unlink()  # stale, from a daemon that was killed
+        server = _Server(str(self.path), self._handler)
+        old_umask = os.umask(0o177)
+        try:
+            server.server_bind()
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, 0o600)
+        server.server_activate()
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="emojicam-control", daemon=True
+        )
+        self._thread.start()
+        log.info("control socket: %s", self.path)
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+# ---------------------------------------------------------------- client
+
+
+def send_request(request: dict[str, Any], path: Path | None = None, timeout_s: float = 5.0) -> dict[str, Any]:
+    """Send one request, return the reply; raises ``NotRunning`` when no
+    daemon listens."""
+    path = path or socket_path()
+    if not hasattr(socket, "AF_UNIX"):
+        raise ControlError("'emojicam ctl' is not implemented on Windows yet; use the tray menu")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout_s)
+    try:
+        try:
+            for attempt in range(20):
+                try:
+                    sock.connect(str(path))
+                    break
+                except BlockingIOError:  # the listen backlog is full: a burst of clients
+                    if attempt == 19:
+                        raise ControlError("EmojiCam is too busy to answer; try again") from None
+                    time.sleep(0.05)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise NotRunning(
+                f"EmojiCam is not running (nothing answers on {path}); start it with 'emojicam run'"
+            ) from exc
+        except PermissionError as exc:
+            raise ControlError(f"{path}: permission denied; it belongs to another user") from exc
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        buf = bytearray()
+        while not buf.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+            if len(buf) > MAX_REPLY_BYTES:
+                raise ControlError("reply too long")
+    except TimeoutError as exc:
+        raise ControlError(f"EmojiCam did not answer within {timeout_s:g} s") from exc
+    finally:
+        sock.close()
+    if not buf:
+        raise ControlError("EmojiCam closed the connection without answering")
+    try:
+        reply = json.loads(buf.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ControlError(f"unreadable reply: {exc}") from exc
+    if not isinstance(reply, dict):
+        raise ControlError("unreadable reply: not a JSON object")
+    return reply
+
+
+# ---------------------------------------------------------------- engine adapter
+
+
+def engine_handler(engine: Any, wait_s: float = 5.0) -> Handler:
+    """Maps validated requests onto an ``engine.Engine``."""
+
+    def handle(request: dict[str, Any]) -> dict[str, Any]:
+        cmd = request["cmd"]
+        if cmd == "status":
+            return {"ok": True, "status": engine.status().as_dict()}
+        if cmd == "quit":
+            engine.request_stop()
+            return {"ok": True}
+        if cmd == "preview":
+            engine.set_preview(request["on"])
+            return {"ok": True}
+        futures = {
+            "mode": lambda: engine.set_mode(request["mode"]),
+            "pause": engine.pause,
+            "resume": engine.resume,
+            "reload": engine.reload,
+            "mirror": lambda: engine.set_mirror(request["on"]),
+        }
+        try:
+            futures[cmd]().result(timeout=wait_s)
+        except Exception as exc:  # noqa: BLE001 - ConfigError, SetupError, shutting down, timeout
+            return {"ok": False, "error": str(exc) or type(exc).__name__}
+        reply: dict[str, Any] = {"ok": True}
+        if cmd == "mode":
+            reply["mode"] = request["mode"]
+        return reply
+
+    return handle
+
+
+# ---------------------------------------------------------------- single instance
+
+
+class InstanceLock:
+    """One daemon per user: a ``filelock`` lock in the runtime folder, with
+    the holder's pid written beside it for the error message."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self.folder = folder or runtime_dir()
+        self._lock: Any = None
+
+    @property
+    def pid_path(self) -> Path:
+        return self.folder / "emojicam.pid"
+
+    def acquire(self) -> None:
+        from filelock import FileLock, Timeout
+
+        _ensure_private_dir(self.folder)
+        lock = FileLock(str(self.folder / "emojicam.lock"), mode=0o600)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            pid = ""
+            with contextlib.suppress(OSError):
+                pid = self.pid_path.read_text().strip()
+            who = f" (pid {pid})" if pid else ""
+            raise AlreadyRunning(
+                f"EmojiCam is already running{who}; control it with 'emojicam ctl status' "
+                "or stop it with 'emojicam ctl quit'"
+            ) from None
+        self._lock = lock
+        self.pid_path.write_text(f"{os.getpid()}\n")
+
+    def release(self) -> None:
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                self.pid_path.unlink()
+            self._lock.release()
+            self._lock = None

@@ -1,0 +1,459 @@
+"""``emojicam doctor``: check the setup, and for each problem print the exact fix.
+
+Every fact about the system comes from a ``SystemProbe`` (sysfs and /dev
+roots, the text of /proc/modules, the v4l2loopback parameters folder, the
+user's groups, Secure Boot, and callables for the camera, tray and assets),
+so tests run the real checks against fake system states.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import platform
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from emojicam import v4l2
+
+log = logging.getLogger(__name__)
+
+Status = Literal["ok", "warn", "fail", "skip"]
+SECURE_BOOT_VAR = "SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
+MODULE_OPTIONS = 'options v4l2loopback devices=1 video_nr=10 card_label="EmojiCam" exclusive_caps=1'
+PERSISTENT_SETUP = (
+    "To load it at every boot:\n"
+    f"      echo '{MODULE_OPTIONS}' | sudo tee /etc/modprobe.d/emojicam.conf\n"
+    "      echo v4l2loopback | sudo tee /etc/modules-load.d/emojicam.conf"
+)
+INSTALL_MODULE = (
+    "sudo apt install v4l2loopback-dkms (Fedora: sudo dnf install v4l2loopback; "
+    "Arch: sudo pacman -S v4l2loopback-dkms)"
+)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class SystemProbe:
+    """What the checks look at. ``from_system()`` fills it from this machine."""
+
+    system: str = "Linux"
+    label: str = "EmojiCam"
+    sysfs_root: Path = v4l2.SYSFS_ROOT
+    dev_root: Path = v4l2.DEV_ROOT
+    proc_modules: str | None = ""  # text of /proc/modules; None: unreadable
+    module_params_dir: Path = Path("/sys/module/v4l2loopback/parameters")
+    module_installed: bool | None = None  # modinfo finds it; None: unknown
+    secure_boot: bool | None = None  # None: unknown / not EFI
+    groups: frozenset[str] = frozenset()
+    access: Callable[[Path], bool] = field(default=lambda p: os.access(p, os.R_OK | os.W_OK))
+    camera_source: int | str = 0
+    camera_probe: Callable[[int | str], str | None] = field(default=lambda src: None)  # None: works
+    daemon_status: dict[str, Any] | None = None  # from a running daemon, if any
+    tray_probe: Callable[[], Check] = field(default=lambda: Check("tray", "skip", "not checked"))
+    assets_probe: Callable[[], list[Check]] = field(default=lambda: [])
+    explicit_device: str | None = None  # sink.device from the config
+
+    @classmethod
+    def from_system(cls, config_path: str | Path | None = None) -> SystemProbe:
+        from emojicam.config import ConfigError, load_config
+
+        try:
+            config = load_config(config_path)
+        except ConfigError as exc:
+            log.warning("%s; checking with the defaults", exc)
+            config = load_config(None, use_user_file=False)
+        return cls(
+            system=platform.system(),
+            label=config.sink.name,
+            proc_modules=_read_text(Path("/proc/modules")),
+            module_installed=_module_installed(),
+            secure_boot=read_secure_boot(Path("/sys/firmware/efi/efivars")),
+            groups=_user_groups(),
+            camera_source=config.camera.source,
+            camera_probe=probe_camera,
+            daemon_status=_daemon_status(),
+            tray_probe=probe_tray,
+            assets_probe=lambda: check_assets(config),
+            explicit_device=config.sink.device,
+        )
+
+
+# ---------------------------------------------------------------- system readers
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+def read_secure_boot(efivars: Path) -> bool | None:
+    """True/False from the SecureBoot EFI variable (4 attribute bytes, then
+    the value); None when not booted with EFI or unreadable."""
+    try:
+        data = (efivars / SECURE_BOOT_VAR).read_bytes()
+    except OSError:
+        return None
+    return bool(data[-1]) if len(data) >= 5 else None
+
+
+def _module_installed() -> bool | None:
+    modinfo = shutil.which("modinfo") or ("/sbin/modinfo" if Path("/sbin/modinfo").exists() else None)
+    if modinfo is None:
+        return None
+    try:
+        done = subprocess.run([modinfo, "v4l2loopback"], capture_output=True, timeout=5, check=False)  # noqa: S603
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.returncode == 0
+
+
+def _user_groups() -> frozenset[str]:
+    try:
+        import grp
+
+        return frozenset(grp.getgrgid(g).gr_name for g in os.getgroups())
+    except (ImportError, KeyError, OSError):
+        return frozenset()
+
+
+def _daemon_status() -> dict[str, Any] | None:
+    from emojicam import control
+
+    try:
+        reply = control.send_request({"cmd": "status"}, timeout_s=1.0)
+    except Exception:  # noqa: BLE001 - not running, or no control channel here
+        return None
+    status = reply.get("status")
+    return status if isinstance(status, dict) else None
+
+
+def probe_camera(source: int | str) -> str | None:
+    """None if the camera opens and gives a frame, else why not."""
+    from emojicam.sources import OpenCVSource
+
+    src = OpenCVSource(source)
+    try:
+        src.open()
+        if src.read() is None:
+            return f"{src.description} opened but gave no frame"
+        return None
+    except Exception as exc:  # noqa: BLE001
+        return str(exc)
+    finally:
+        src.close()
+
+
+def probe_tray() -> Check:
+    """Whether pystray finds a backend, and whether it can show a menu."""
+    from emojicam.tray import explain_failure
+
+    try:
+        import pystray
+    except Exception as exc:  # noqa: BLE001
+        return Check("tray", "fail", f"no tray backend ({type(exc).__name__}: {exc})", explain_failure())
+    backend = str(pystray.Icon.__module__).rsplit(".", 1)[-1].lstrip("_")
+    if backend == "xorg":
+        if not _xembed_tray_present():
+            return Check(
+                "tray", "fail", "Xorg backend, and no system tray is running", explain_failure(None, backend)
+            )
+        return Check("tray", "warn", "Xorg backend: icon only, no menu", explain_failure(None, backend))
+    return Check("tray", "ok", f"{backend} backend")
+
+
+def _xembed_tray_present() -> bool:
+    try:
+        from Xlib import X, display
+
+        d = display.Display()
+        try:
+            return d.get_selection_owner(d.intern_atom("_NET_SYSTEM_TRAY_S0")) != X.NONE
+        finally:
+            d.close()
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def check_assets(config: Any) -> list[Check]:
+    """The classifier model (and labels) load; each emoji PNG is a readable RGBA image."""
+    from emojicam.errors import SetupError
+
+    checks = []
+    try:
+        from emojicam.classify import TFLiteClassifier
+
+        TFLiteClassifier.create(config.classifier)
+        checks.append(Check("model", "ok", "emotion model and labels load"))
+    except (SetupError, FileNotFoundError, ImportError, ValueError) as exc:
+        checks.append(
+            Check(
+                "model",
+                "fail",
+                str(exc),
+                "reinstall EmojiCam from a complete checkout ('pip install .'), or set "
+                "classifier.model to a valid .tflite with its .labels.txt beside it",
+            )
+        )
+    checks.append(check_emoji_folder(Path(config.emoji.folder) if config.emoji.folder else None))
+    return checks
+
+
+def check_emoji_folder(folder: Path | None) -> Check:
+    from PIL import Image, UnidentifiedImageError
+
+    from emojicam.types import Emotion
+
+    if folder is None:
+        from emojicam import assets
+
+        try:
+            folder = assets.emoji_dir()
+        except FileNotFoundError as exc:
+            return Check("emoji", "fail", str(exc), "reinstall EmojiCam with 'pip install .'")
+    problems = []
+    for emotion in Emotion:
+        path = folder / f"{emotion.value}.png"
+        try:
+            with Image.open(path) as im:
+                im.load()
+                if "A" not in im.getbands() and "transparency" not in im.info:
+                    problems.append(f"{path.name} has no transparency")
+        except FileNotFoundError:
+            problems.append(f"{path.name} is missing")
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            problems.append(f"{path.name} is unreadable ({exc})")
+    if problems:
+        return Check(
+            "emoji",
+            "fail",
+            f"{folder}: " + "; ".join(problems),
+            f"put RGBA PNGs named {', '.join(e.value + '.png' for e in Emotion)} in {folder}, "
+            "or set emoji.folder: null for the bundled set",
+        )
+    return Check("emoji", "ok", f"7 emoji PNGs in {folder}")
+
+
+# ---------------------------------------------------------------- checks
+
+
+def _modprobe(label: str) -> str:
+    return v4l2.MODPROBE_LINE.replace('"EmojiCam"', f'"{label}"')
+
+
+def _loaded(modules_text: str | None) -> bool | None:
+    if modules_text is None:
+        return None
+    return any(line.split(" ", 1)[0] == "v4l2loopback" for line in modules_text.splitlines())
+
+
+def check_module(p: SystemProbe) -> list[Check]:
+    loaded = _loaded(p.proc_modules)
+    if loaded:
+        return [Check("v4l2loopback", "ok", "kernel module loaded")]
+    if loaded is None:
+        return [
+            Check(
+                "v4l2loopback",
+                "warn",
+                "cannot read /proc/modules",
+                "check by hand: lsmod | grep v4l2loopback",
+            )
+        ]
+    checks = []
+    if p.module_installed is False:
+        checks.append(
+            Check(
+                "v4l2loopback",
+                "fail",
+                "kernel module not installed",
+                f"{INSTALL_MODULE}, then: {_modprobe(p.label)}\n    {PERSISTENT_SETUP}",
+            )
+        )
+    else:
+        checks.append(
+            Check(
+                "v4l2loopback",
+                "fail",
+                "kernel module not loaded",
+                f"{_modprobe(p.label)}\n    {PERSISTENT_SETUP}",
+            )
+        )
+    if p.secure_boot:
+        checks.append(
+            Check(
+                "secure boot",
+                "fail",
+                "Secure Boot is on: the kernel refuses unsigned modules "
+                "(modprobe says 'Key was rejected by service')",
+                "enroll the DKMS signing key: sudo mokutil --import /var/lib/dkms/mok.pub (Ubuntu: "
+                "/var/lib/shim-signed/mok/MOK.der), reboot, choose 'Enroll MOK' and enter the password; "
+                "then load the module again",
+            )
+        )
+    return checks
+
+
+def check_device(p: SystemProbe) -> tuple[list[Check], v4l2.VideoDevice | None]:
+    if p.explicit_device:
+        devices = [d for d in v4l2.list_devices(p.sysfs_root, p.dev_root) if str(d.path) == p.explicit_device]
+        found = devices[0] if devices else None
+        if found is None:
+            return [
+                Check(
+                    "device",
+                    "fail",
+                    f"sink.device {p.explicit_device} does not exist",
+                    f"set sink.device: null to find the device labelled {p.label!r}, or {_modprobe(p.label)}",
+                )
+            ], None
+    else:
+        found = v4l2.find_device_by_label(p.label, p.sysfs_root, p.dev_root)
+    if found is None:
+        others = [d for d in v4l2.list_devices(p.sysfs_root, p.dev_root) if d.is_loopback]
+        fix = _modprobe(p.label)
+        if others:
+            fix = f"reload the module with the label: sudo modprobe -r v4l2loopback && {fix}"
+        listed = v4l2.describe_devices(p.sysfs_root, p.dev_root)
+        return [
+            Check("device", "fail", f"no video device labelled {p.label!r} (devices: {listed})", fix)
+        ], None
+    if not found.is_loopback:
+        return [
+            Check(
+                "device",
+                "fail",
+                f"{found.path} is labelled {p.label!r} but is a real camera",
+                "set sink.name to the loopback device's label, or sink.device to its path",
+            )
+        ], found
+    return [Check("device", "ok", f"{found.path} labelled {found.label!r}")], found
+
+
+def check_exclusive_caps(p: SystemProbe, device: v4l2.VideoDevice) -> Check:
+    text = _read_text(p.module_params_dir / "exclusive_caps")
+    if text is None:
+        return Check(
+            "exclusive_caps",
+            "warn",
+            "cannot read the module's exclusive_caps parameter",
+            f"if Chrome or Meet do not list {p.label}, reload: sudo modprobe -r v4l2loopback && "
+            f"{_modprobe(p.label)}",
+        )
+    values = [v.strip().upper() for v in text.strip().split(",") if v.strip()]
+    loopbacks = [d for d in v4l2.list_devices(p.sysfs_root, p.dev_root) if d.is_loopback]
+    index = next((i for i, d in enumerate(loopbacks) if d.node == device.node), 0)
+    value = values[index] if index < len(values) else (values[0] if values else "")
+    if value in ("Y", "1"):
+        return Check("exclusive_caps", "ok", "exclusive_caps=1 (Chrome and Meet see the camera)")
+    return Check(
+        "exclusive_caps",
+        "fail",
+        f"{device.path} has exclusive_caps off: Chrome, Meet and other WebRTC apps will not list it",
+        f"sudo modprobe -r v4l2loopback && {_modprobe(p.label)}",
+    )
+
+
+def check_permissions(p: SystemProbe, device: v4l2.VideoDevice) -> Check:
+    if p.access(device.path):
+        return Check("permissions", "ok", f"you can read and write {device.path}")
+    if "video" not in p.groups:
+        return Check(
+            "permissions",
+            "fail",
+            f"no access to {device.path}: you are not in the 'video' group",
+            'sudo usermod -aG video "$USER", then log out and back in',
+        )
+    return Check(
+        "permissions",
+        "fail",
+        f"no access to {device.path} although you are in 'video'",
+        f"check its owner and mode: ls -l {device.path} (expected crw-rw---- root video)",
+    )
+
+
+def check_camera(p: SystemProbe, emojicam_device: v4l2.VideoDevice | None) -> Check:
+    src = p.camera_source
+    if emojicam_device is not None and (src == str(emojicam_device.path) or src == emojicam_device.number):
+        return Check(
+            "camera",
+            "fail",
+            f"camera.source {src!r} is the EmojiCam device itself",
+            "set camera.source to your webcam (e.g. 0 or /dev/video0) in your config",
+        )
+    if p.daemon_status is not None:
+        state = p.daemon_status.get("camera")
+        detail = p.daemon_status.get("camera_detail") or ""
+        if state == "unavailable":
+            return Check(
+                "camera",
+                "fail",
+                f"the running daemon cannot use the camera: {detail}",
+                "close other apps using the webcam, check it is plugged in, or set camera.source",
+            )
+        return Check("camera", "ok", f"in use by the running daemon ({state})")
+    problem = p.camera_probe(src)
+    if problem is None:
+        return Check("camera", "ok", f"camera {src!r} gives frames")
+    return Check(
+        "camera",
+        "fail",
+        problem,
+        "plug the webcam in, close apps using it, or set camera.source (index or /dev/videoN)",
+    )
+
+
+def run_checks(p: SystemProbe) -> list[Check]:
+    checks: list[Check] = []
+    if p.system == "Linux":
+        checks += check_module(p)
+        device_checks, device = check_device(p)
+        checks += device_checks
+        if device is not None and device.is_loopback:
+            checks.append(check_exclusive_caps(p, device))
+            checks.append(check_permissions(p, device))
+        checks.append(check_camera(p, device))
+    else:
+        name = (
+            "Unity Capture or the OBS virtual camera" if p.system == "Windows" else "the OBS virtual camera"
+        )
+        checks.append(Check("virtual camera", "skip", f"{p.system}: EmojiCam uses {name}; not checked here"))
+        checks.append(check_camera(p, None))
+    checks.append(p.tray_probe())
+    checks += p.assets_probe()
+    return checks
+
+
+def all_ok(checks: list[Check]) -> bool:
+    return all(c.status in ("ok", "skip") for c in checks)
+
+
+_MARK = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL", "skip": "skip"}
+
+
+def format_report(checks: list[Check]) -> str:
+    lines = []
+    for c in checks:
+        lines.append(f"[{_MARK[c.status]}] {c.name}: {c.detail}")
+        if c.fix and c.status in ("warn", "fail"):
+            lines.append(f"    fix: {c.fix}")
+    bad = sum(c.status in ("warn", "fail") for c in checks)
+    lines.append("all good" if bad == 0 else f"{bad} problem(s) found")
+    return "\n".join(lines)

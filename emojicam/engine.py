@@ -1,0 +1,577 @@
+"""The live engine: capture thread -> processing loop -> paced sender.
+
+Threads and what each owns:
+- capture (``sources.CaptureThread``): the camera; writes the newest frame
+  into a one-item slot (older frames are dropped, so latency never builds up).
+- processing: the pipeline and the config. Every command (mode, pause,
+  reload, ...) is queued here, so nothing else ever touches the pipeline.
+  It also starts and stops the capture thread (pause, on-demand idle,
+  camera settings changed).
+- sender (``sender.Sender``): the sink. Sends at the sink's frame rate
+  whatever is newest, repeating the last frame when processing falls
+  behind, or a placeholder when the camera is unavailable, paused or nobody
+  watches.
+- config watcher (``live_config.LiveConfig.watch``): hot reload.
+- reader watcher (Linux, on-demand): ``v4l2.ReaderWatcher``.
+
+``request_stop()`` sets the shutdown event; ``close()`` joins everything
+and releases camera and device, within the given budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import logging
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from emojicam.config import MODES, Config
+from emojicam.live_config import LiveConfig
+from emojicam.pipeline import Pipeline
+from emojicam.sender import Sender
+from emojicam.sinks import Sink
+from emojicam.sources import (
+    CameraState,
+    CaptureThread,
+    Clock,
+    LatestSlot,
+    OpenCVSource,
+    Source,
+    cached_placeholder,
+)
+from emojicam.types import FaceResult, Frame
+
+log = logging.getLogger(__name__)
+
+IDLE_GRACE_S = 1.5  # readers must be gone this long before the camera is released
+STALL_S = 2.0  # no new frame for this long while the camera is "ok": show a placeholder
+
+
+class EngineState(enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    IDLE = "idle"  # on-demand: no app is reading the virtual camera
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    state: str
+    mode: str
+    fps: float  # frames processed per second, recent
+    faces: int
+    camera: str  # a CameraState value
+    camera_detail: str
+    sink: str  # "ok", "opening", "unavailable", "closed"
+    sink_detail: str
+    sink_kind: str
+    device: str | None
+    readers: int | None  # None: not watched
+    dominant: str | None  # emotion of the largest face
+    mirror: bool
+    preview: bool
+    config_error: str | None
+    frames_processed: int
+    frames_sent: int
+
+    @property
+    def paused(self) -> bool:
+        return self.state == EngineState.PAUSED.value
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def summary(self) -> str:
+        camera = self.camera + (f" ({self.camera_detail})" if self.camera_detail else "")
+        return f"{self.state}, mode {self.mode}, {self.fps:.0f} fps, {self.faces} face(s), camera {camera}"
+
+
+@dataclass
+class EngineDeps:
+    """Everything the engine builds, replaceable in tests."""
+
+    make_pipeline: Callable[[Config], Pipeline]
+    reconfigure: Callable[[Pipeline, Config, Config], Pipeline]
+    make_sink: Callable[[Config], Sink]
+    make_source: Callable[[Config], Source] = field(
+        default=lambda cfg: OpenCVSource(cfg.camera.source, cfg.camera)
+    )
+    make_preview: Callable[[Config], Sink] | None = None
+    watch_readers: Callable[[Path, Callable[[int], None]], Any] | None = None
+    clock: Clock = time.monotonic
+
+
+def default_deps(**overrides: Any) -> EngineDeps:
+    from emojicam import sinks
+    from emojicam.pipeline import build_pipeline, reconfigure
+
+    def make_sink(cfg: Config) -> Sink:
+        return sinks.create_sink(cfg.sink, (cfg.camera.width, cfg.camera.height))
+
+    def watch_readers(device: Path, on_change: Callable[[int], None]) -> Any:
+        from emojicam.v4l2 import ReaderWatcher
+
+        return ReaderWatcher(device, on_change)
+
+    base: dict[str, Any] = dict(
+        make_pipeline=build_pipeline,
+        reconfigure=reconfigure,
+        make_sink=make_sink,
+        make_preview=lambda cfg: sinks.PreviewSink(cfg.sink.fps),
+        watch_readers=watch_readers if os.name == "posix" else None,
+    )
+    base.update(overrides)
+    return EngineDeps(**base)
+
+
+def privacy_fallback(image_bgr: np.ndarray, config: Config) -> np.ndarray:
+    """What to show when the pipeline failed on a frame: in replace mode with
+    privacy on, never the raw face (``compose.privacy_cover``); else the frame."""
+    if config.mode != "replace" or not config.privacy.enabled:
+        return image_bgr
+    from emojicam.compose import privacy_cover
+
+    return privacy_cover(image_bgr, config.privacy.action)
+
+
+class Engine:
+    """Construct, ``start()``, send commands, ``request_stop()``, ``close()``."""
+
+    def __init__(
+        self,
+        config: Config,
+        deps: EngineDeps,
+        *,
+        load_config: Callable[[], Config] | None = None,
+        watch_paths: Sequence[Path] = (),
+        reload_poll_s: float = 0.2,
+    ) -> None:
+        self._live = LiveConfig(config, load_config, watch_paths, reload_poll_s)
+        self.config = config  # effective config (file + runtime choices), owned by the processing thread
+        self._deps = deps
+        self._clock = deps.clock
+
+        self.shutdown = threading.Event()
+        self._wake = threading.Event()
+        self._commands: queue.Queue[tuple[Callable[[], Any], Future[Any]]] = queue.Queue()
+        self._frames: LatestSlot[Frame] = LatestSlot()
+        self._output: LatestSlot[np.ndarray] = LatestSlot()
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[str, str], None]] = []
+        self._threads: list[threading.Thread] = []
+        self._pipeline: Pipeline | None = None
+        self._capture: CaptureThread | None = None
+
+        # status, written under _lock
+        self._state = EngineState.STARTING
+        self._paused = False
+        self._preview = False
+        self._camera = CameraState.RELEASED
+        self._camera_detail = ""
+        self._sink_state = "closed"
+        self._sink_detail = ""
+        self._device: str | None = None
+        self._readers: int | None = None
+        self._sink_tried = False  # the sender has tried to open the sink at least once
+        self._last_reader_s = float("-inf")
+        self._faces = 0
+        self._dominant: str | None = None
+        self._config_error: str | None = None
+        self._frame_times: deque[float] = deque(maxlen=60)
+        self._frames_processed = 0
+        self._frames_sent = 0
+        self._last_output_s = float("-inf")
+        self._warned: set[str] = set()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Build the pipeline (raises ``SetupError`` on missing models or
+        emoji), then start the threads."""
+        self._pipeline = self._deps.make_pipeline(self.config)
+        self._threads = [
+            threading.Thread(target=self._process_loop, name="emojicam-process", daemon=True),
+            threading.Thread(target=Sender(self, self._deps).run, name="emojicam-send", daemon=True),
+        ]
+        if self._live.can_reload and self._live.watch_paths:
+            self._threads.append(
+                threading.Thread(
+                    target=self._live.watch,
+                    args=(self.shutdown, self._reload_from_watch),
+                    name="emojicam-config",
+                    daemon=True,
+                )
+            )
+        for t in self._threads:
+            t.start()
+
+    def request_stop(self) -> None:
+        if not self.shutdown.is_set():
+            log.info("shutting down")
+        with self._lock:
+            if self._state is not EngineState.STOPPED:
+                self._state = EngineState.STOPPING
+        self.shutdown.set()
+        self._wake.set()
+
+    def close(self, timeout_s: float = 2.0) -> float:
+        """Stop (if not already), join all threads, release camera and sink.
+        Returns the seconds it took."""
+        t0 = time.monotonic()
+        self.request_stop()
+        deadline = t0 + timeout_s
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+            if t.is_alive():
+                log.warning("thread %s did not stop in time", t.name)
+        with self._lock:
+            self._state = EngineState.STOPPED
+        return time.monotonic() - t0
+
+    def add_listener(self, callback: Callable[[str, str], None]) -> None:
+        """``callback(kind, message)`` for events a user should see
+        (``config-error``, ``config-reloaded``, ``camera``, ``sink``)."""
+        self._listeners.append(callback)
+
+    def _emit(self, kind: str, message: str) -> None:
+        for cb in list(self._listeners):
+            try:
+                cb(kind, message)
+            except Exception:  # noqa: BLE001 - a broken listener must not stop the engine
+                log.exception("event listener failed")
+
+    # ------------------------------------------------------------ commands
+
+    def _submit(self, fn: Callable[[], Any]) -> Future[Any]:
+        fut: Future[Any] = Future()
+        if self.shutdown.is_set():
+            fut.set_exception(RuntimeError("EmojiCam is shutting down"))
+            return fut
+        self._commands.put((fn, fut))
+        self._wake.set()
+        return fut
+
+    def set_mode(self, mode: str) -> Future[Any]:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        return self._submit(lambda: self._set_override("mode", mode))
+
+    def set_mirror(self, mirror: bool) -> Future[Any]:
+        return self._submit(lambda: self._set_override("mirror", bool(mirror)))
+
+    def pause(self) -> Future[Any]:
+        return self._submit(lambda: self._set_paused(True))
+
+    def resume(self) -> Future[Any]:
+        return self._submit(lambda: self._set_paused(False))
+
+    def set_preview(self, show: bool) -> None:
+        with self._lock:
+            self._preview = bool(show)
+
+    def reload(self) -> Future[Any]:
+        """Reload the config files now; the future raises ``ConfigError`` (or
+        ``SetupError``) for a bad edit, which leaves the old config running."""
+        try:
+            new = self._live.load()
+        except Exception as exc:  # noqa: BLE001 - report anything as a bad edit
+            self._report_bad_config(exc)
+            fut: Future[Any] = Future()
+            fut.set_exception(exc)
+            return fut
+        return self._submit(lambda: self._apply_file_config(new))
+
+    def _reload_from_watch(self) -> None:
+        with contextlib.suppress(Exception):  # a bad edit is already reported
+            self.reload().result(timeout=5.0)
+
+    def set_readers(self, readers: int) -> None:
+        """Called by the reader watcher (any thread)."""
+        with self._lock:
+            if readers > 0 or (self._readers or 0) > 0:
+                self._last_reader_s = self._clock()
+            self._readers = readers
+        self._wake.set()
+
+    # ------------------------------------------------------------ status
+
+    def status(self) -> EngineStatus:
+        with self._lock:
+            times = list(self._frame_times)
+            now = self._clock()
+            recent = [t for t in times if now - t <= 2.0]
+            fps = (
+                (len(recent) - 1) / (recent[-1] - recent[0])
+                if len(recent) > 1 and recent[-1] > recent[0]
+                else 0.0
+            )
+            return EngineStatus(
+                state=self._state.value,
+                mode=self.config.mode,
+                fps=round(fps, 1),
+                faces=self._faces,
+                camera=self._camera.value,
+                camera_detail=self._camera_detail,
+                sink=self._sink_state,
+                sink_detail=self._sink_detail,
+                sink_kind=self.config.sink.kind,
+                device=self._device,
+                readers=self._readers,
+                dominant=self._dominant,
+                mirror=self.config.camera.mirror,
+                preview=self._preview,
+                config_error=self._config_error,
+                frames_processed=self._frames_processed,
+                frames_sent=self._frames_sent,
+            )
+
+    # ------------------------------------------------------------ processing thread
+
+    def _set_override(self, key: str, value: Any) -> None:
+        new, commit = self._live.propose_override(key, value)
+        self._apply(new)
+        commit()
+
+    def _set_paused(self, paused: bool) -> None:
+        with self._lock:
+            self._paused = paused
+        log.info("paused" if paused else "resumed")
+
+    def _apply_file_config(self, new_file: Config) -> None:
+        new, commit = self._live.propose_file(new_file)
+        try:
+            self._apply(new)
+        except Exception as exc:  # noqa: BLE001 - e.g. SetupError: a model file named in the edit is bad
+            self._report_bad_config(exc)
+            raise
+        commit()
+        with self._lock:
+            self._config_error = None
+        log.info("config reloaded")
+        self._emit("config-reloaded", "settings applied")
+
+    def _apply(self, new: Config) -> None:
+        """Run ``new`` (in the processing thread); raises if the pipeline
+        cannot be rebuilt, leaving the old config running."""
+        old = self.config
+        assert self._pipeline is not None
+        # Only the pipeline's own sections matter to it: a mirror, camera,
+        # sink, tray or logging change must not rebuild it (and reload models).
+        old_for_pipeline = dataclasses.replace(
+            old, camera=new.camera, sink=new.sink, tray=new.tray, logging=new.logging
+        )
+        if new != old_for_pipeline:
+            self._pipeline = self._deps.reconfigure(self._pipeline, old_for_pipeline, new)
+        with self._lock:
+            self.config = new
+        if dataclasses.replace(old.camera, mirror=False) != dataclasses.replace(new.camera, mirror=False):
+            log.info("camera settings changed: reopening the camera")
+            self._stop_capture()
+        if old.sink != new.sink and dataclasses.replace(old.sink, on_demand=new.sink.on_demand) != new.sink:
+            log.warning("sink settings change after a restart (the virtual camera stays open while running)")
+        if old.mode != new.mode:
+            log.info("mode: %s", new.mode)
+
+    def _report_bad_config(self, exc: BaseException) -> None:
+        message = str(exc)
+        with self._lock:
+            self._config_error = message
+        log.error("config not applied, the previous settings keep running: %s", message)
+        self._emit("config-error", message)
+
+    def _active(self) -> bool:
+        """Whether the camera should be open and frames processed."""
+        with self._lock:
+            if self._paused or self.shutdown.is_set():
+                return False
+            if not self._sink_tried and self.config.sink.on_demand and self.config.sink.kind == "virtual":
+                return False  # learn whether anyone watches before turning the camera on
+            if self._readers is None or not self.config.sink.on_demand:
+                return True
+            return self._readers > 0 or self._clock() - self._last_reader_s < IDLE_GRACE_S
+
+    def _on_camera(self, state: CameraState, detail: str) -> None:
+        with self._lock:
+            self._camera, self._camera_detail = state, detail
+        if state is not CameraState.OK:
+            self._output.clear()  # never repeat the last face frame over a placeholder
+        if state is CameraState.UNAVAILABLE:
+            self._emit("camera", f"camera unavailable: {detail}")
+
+    def _start_capture(self) -> None:
+        cfg = self.config
+        self._frames.clear()
+        self._capture = CaptureThread(
+            lambda: self._deps.make_source(self.config),
+            self._frames,
+            retry_initial_s=cfg.camera.retry_initial_s,
+            retry_max_s=cfg.camera.retry_max_s,
+            clock=self._clock,
+            on_state=self._on_camera,
+        )
+        self._capture.start()
+
+    def _stop_capture(self) -> None:
+        if self._capture is not None:
+            if not self._capture.stop(timeout_s=1.5):
+                log.warning("the camera driver did not return in time; it is released at exit")
+            self._capture = None
+            self._on_camera(CameraState.RELEASED, "")
+
+    def _drain_commands(self) -> None:
+        while True:
+            try:
+                fn, fut = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                fut.set_result(fn())
+            except Exception as exc:  # noqa: BLE001 - handed to whoever asked
+                fut.set_exception(exc)
+
+    def _process_loop(self) -> None:
+        seq = 0
+        try:
+            while not self.shutdown.is_set():
+                self._drain_commands()
+                active = self._active()
+                with self._lock:
+                    if self._state is not EngineState.STOPPING:
+                        self._state = (
+                            EngineState.RUNNING
+                            if active
+                            else EngineState.PAUSED
+                            if self._paused
+                            else EngineState.IDLE
+                        )
+                if not active:
+                    if self._capture is not None:
+                        self._stop_capture()
+                    self._wake.wait(0.1)
+                    self._wake.clear()
+                    continue
+                if self._capture is not None and not self._capture.running:
+                    log.warning("the capture thread ended unexpectedly; restarting it")
+                    self._capture = None
+                if self._capture is None:
+                    self._start_capture()
+                got = self._frames.wait_newer(seq, timeout_s=0.1)
+                if got is None:
+                    continue
+                seq, frame = got
+                self._process(frame)
+        except Exception:  # noqa: BLE001 - last resort: log, stop cleanly
+            log.exception("processing loop failed; shutting down")
+            self.request_stop()
+        finally:
+            self._stop_capture()
+            self._fail_pending()
+
+    def _fail_pending(self) -> None:
+        while True:
+            try:
+                _, fut = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            fut.set_exception(RuntimeError("EmojiCam is shutting down"))
+
+    def _process(self, frame: Frame) -> None:
+        cfg = self.config
+        if cfg.camera.mirror:
+            frame = Frame(cv2.flip(frame.image_bgr, 1), frame.index, frame.timestamp_s)
+        assert self._pipeline is not None
+        results: list[FaceResult] = []
+        try:
+            image, results = self._pipeline.process(frame)
+        except Exception as exc:  # noqa: BLE001 - no exception may escape a frame
+            key = f"{type(exc).__name__}: {exc}"
+            if key not in self._warned:
+                self._warned.add(key)
+                log.warning(
+                    "frame %d could not be processed (%s); showing it %s",
+                    frame.index,
+                    key,
+                    "blurred" if cfg.mode == "replace" and cfg.privacy.enabled else "unchanged",
+                    exc_info=log.isEnabledFor(logging.DEBUG),
+                )
+            image = privacy_fallback(frame.image_bgr, cfg)
+        now = self._clock()
+        self._output.put(image)
+        largest = max(results, key=lambda r: r.box.area, default=None)
+        with self._lock:
+            self._faces = len(results)
+            self._dominant = largest.emotion.value if largest is not None else None
+            self._frame_times.append(now)
+            self._frames_processed += 1
+            self._last_output_s = now
+
+    # ------------------------------------------------------------ sender thread
+
+    def _placeholder(self, size_wh: tuple[int, int]) -> np.ndarray | None:
+        """The placeholder for the current state, or None to send real frames."""
+        with self._lock:
+            state, camera, detail = self._state, self._camera, self._camera_detail
+            stalled = self._clock() - self._last_output_s > STALL_S
+        if state is EngineState.PAUSED:
+            return cached_placeholder(size_wh, ("EmojiCam paused",))
+        if state is EngineState.IDLE:
+            return cached_placeholder(size_wh, ("EmojiCam",))
+        if camera is CameraState.UNAVAILABLE:
+            return cached_placeholder(size_wh, ("camera unavailable — retrying", detail[:80]))
+        if camera is not CameraState.OK:
+            return cached_placeholder(size_wh, ("starting the camera…",))
+        if stalled:
+            return cached_placeholder(size_wh, ("waiting for the camera…",))
+        return None
+
+    # ------------------------------------------------------------ for the sender (emojicam.sender)
+
+    def frame_to_send(self, size_wh: tuple[int, int]) -> np.ndarray:
+        """The newest processed frame, or the placeholder for the state."""
+        image = self._placeholder(size_wh)
+        if image is None:
+            _, image = self._output.latest()
+        return image if image is not None else cached_placeholder(size_wh, ("starting…",))
+
+    def send_slowly(self) -> bool:
+        """Paused or nobody watching: a cheap frame at ``sender.IDLE_FPS`` is enough."""
+        with self._lock:
+            return self._state in (EngineState.PAUSED, EngineState.IDLE)
+
+    def report_sink(self, state: str, detail: str = "", device: str | None = None) -> None:
+        with self._lock:
+            changed = (state, detail) != (self._sink_state, self._sink_detail)
+            self._sink_state, self._sink_detail = state, detail
+            if device is not None:
+                self._device = device
+        if changed and state == "unavailable":
+            log.error("%s", detail)
+            self._emit("sink", detail)
+
+    def sink_tried(self) -> None:
+        with self._lock:
+            self._sink_tried = True
+        self._wake.set()
+
+    def count_sent(self) -> None:
+        with self._lock:
+            self._frames_sent += 1
+
+    def preview_wanted(self) -> bool:
+        with self._lock:
+            return self._preview

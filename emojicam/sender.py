@@ -1,0 +1,176 @@
+"""The engine's sender thread: owns the sink (and the optional preview
+window and the on-demand reader watcher) for the daemon's whole life.
+
+Each turn it asks the engine for the frame to show (the newest processed
+one, repeated when processing falls behind, or a placeholder), sends it, and
+sleeps until the next frame is due (``sink.pace()``, which for the virtual
+camera is pyvirtualcam's ``sleep_until_next_frame``), or ``IDLE_FPS`` when
+paused or nobody watches. A sink that cannot be opened or keeps failing to
+write is retried with backoff; the daemon keeps running meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from emojicam.config import Config
+from emojicam.sinks import Sink, SinkError
+
+if TYPE_CHECKING:
+    from emojicam.engine import EngineDeps
+
+log = logging.getLogger(__name__)
+
+IDLE_FPS = 2.0  # frames per second sent while paused or while nobody watches
+SINK_MAX_FAILED_WRITES = 5
+
+
+class SenderHost(Protocol):
+    """What the sender needs from the engine."""
+
+    config: Config
+    shutdown: threading.Event
+
+    def frame_to_send(self, size_wh: tuple[int, int]) -> np.ndarray: ...
+
+    def send_slowly(self) -> bool: ...
+
+    def report_sink(self, state: str, detail: str = "", device: str | None = None) -> None: ...
+
+    def sink_tried(self) -> None: ...
+
+    def count_sent(self) -> None: ...
+
+    def preview_wanted(self) -> bool: ...
+
+    def set_preview(self, show: bool) -> None: ...
+
+    def set_readers(self, readers: int) -> None: ...
+
+
+def safe_close(sink: Any) -> None:
+    try:
+        sink.close()
+    except Exception:  # noqa: BLE001 - closing must never stop the shutdown
+        log.warning("closing the %s sink failed", getattr(sink, "kind", "?"), exc_info=True)
+
+
+class Sender:
+    def __init__(self, host: SenderHost, deps: EngineDeps) -> None:
+        self.host = host
+        self.deps = deps
+        self._preview: Sink | None = None
+        self._watcher: Any = None
+
+    def run(self) -> None:
+        host = self.host
+        cam = host.config.camera
+        size_wh = (cam.width, cam.height)
+        retry_s = cam.retry_initial_s
+        sink: Sink | None = None
+        failed_writes = 0
+        try:
+            while not host.shutdown.is_set():
+                if sink is None:
+                    sink = self._open()
+                    if sink is None:
+                        host.shutdown.wait(retry_s)
+                        retry_s = min(2 * retry_s, cam.retry_max_s)
+                        continue
+                    retry_s, failed_writes = cam.retry_initial_s, 0
+                image = host.frame_to_send(size_wh)
+                try:
+                    sink.send(image)
+                    failed_writes = 0
+                    host.count_sent()
+                except Exception as exc:  # noqa: BLE001 - a failing device must not stop the daemon
+                    failed_writes += 1
+                    log.warning("writing to the %s sink failed (%s)", sink.kind, exc)
+                    if failed_writes >= SINK_MAX_FAILED_WRITES:
+                        host.report_sink("unavailable", f"writes failing: {exc}; reopening")
+                        safe_close(sink)
+                        sink = None
+                        host.shutdown.wait(retry_s)
+                        continue
+                self._show_preview(sink, image)
+                if host.send_slowly():
+                    host.shutdown.wait(1.0 / IDLE_FPS)
+                else:
+                    sink.pace()
+        finally:
+            if self._watcher is not None:
+                try:
+                    self._watcher.stop()
+                except Exception:  # noqa: BLE001
+                    log.debug("reader watcher stop failed", exc_info=True)
+            if self._preview is not None:
+                safe_close(self._preview)
+            if sink is not None:
+                safe_close(sink)
+            host.report_sink("closed")
+
+    def _open(self) -> Sink | None:
+        host = self.host
+        sink = self.deps.make_sink(host.config)
+        host.report_sink("opening")
+        try:
+            sink.open()
+        except Exception as exc:  # noqa: BLE001 - SinkError or a backend's own error
+            host.report_sink("unavailable", str(exc))
+            host.sink_tried()
+            return None
+        host.report_sink("ok", "", sink.device)
+        if self._watcher is None:
+            self._watcher = self._watch_readers(sink)
+        host.sink_tried()
+        return sink
+
+    def _watch_readers(self, sink: Sink) -> Any:
+        if not self.host.config.sink.on_demand or sink.kind != "virtual" or self.deps.watch_readers is None:
+            return None
+        device = sink.device
+        if not device or not Path(device).exists():
+            return None
+        watcher = self.deps.watch_readers(Path(device), self.host.set_readers)
+        try:
+            watcher.start()
+        except Exception as exc:  # noqa: BLE001 - no inotify: stay always-on
+            log.warning("cannot watch %s for readers (%s); the camera stays on", device, exc)
+            return None
+        log.info("on-demand: the camera turns on while an app reads %s", device)
+        return watcher
+
+    def _show_preview(self, sink: Sink, image: np.ndarray) -> None:
+        """The tray's "Show preview": a window beside the main sink."""
+        wanted = self.host.preview_wanted() and sink.kind != "preview"
+        if not wanted:
+            if self._preview is not None:
+                safe_close(self._preview)
+                self._preview = None
+            return
+        if self._preview is None:
+            if self.deps.make_preview is None:
+                return
+            preview = self.deps.make_preview(self.host.config)
+            try:
+                preview.open()
+            except SinkError as exc:
+                log.warning("%s", exc)
+                self.host.set_preview(False)
+                return
+            self._preview = preview
+        try:
+            self._preview.send(image)
+            failed = getattr(self._preview, "closed_by_user", False)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("preview failed (%s); closing it", exc)
+            failed = True
+        if failed:
+            safe_close(self._preview)
+            self._preview = None
+            self.host.set_preview(False)

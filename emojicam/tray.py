@@ -1,0 +1,429 @@
+"""The tray icon. The only module that imports pystray (importing it on a
+box without a display raises, so it happens inside ``run_tray``).
+
+The menu is a pure function of the engine status: ``build_menu(status)``
+returns plain ``MenuEntry`` data, which ``to_pystray`` wraps so pystray
+re-reads it every time the menu is drawn. The icon is the emoji of the
+dominant expression (at most ``tray.icon_update_hz`` changes per second),
+or the paused icon while paused, idle or in mode ``off``.
+
+``run_tray`` owns the main thread (pystray requires it, macOS strictly) and
+returns when the engine stops. When no tray works it logs why and how to
+fix it and returns False; the daemon then keeps running headless.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from emojicam.config import MODES
+from emojicam.engine import EngineStatus
+
+log = logging.getLogger(__name__)
+
+ICON_SIZE_PX = 64
+ICON_REFRESH_S = 2.0
+_MODE_LABELS = {"replace": "Replace face", "decorate": "Decorate", "label": "Label", "off": "Off"}
+_EMOTION_RGB = {
+    "angry": (230, 60, 50),
+    "disgust": (90, 170, 60),
+    "fear": (150, 100, 200),
+    "happy": (250, 200, 40),
+    "sad": (70, 130, 220),
+    "surprise": (250, 150, 40),
+    "neutral": (200, 200, 200),
+    "paused": (120, 120, 120),
+}
+
+
+@dataclass(frozen=True)
+class MenuEntry:
+    """One menu line as data. ``action`` is what ``dispatch`` receives
+    (None: an inert line); ``checked`` None means no check mark."""
+
+    text: str
+    action: str | None = None
+    checked: bool | None = None
+    radio: bool = False
+    enabled: bool = True
+    default: bool = False
+    submenu: tuple[MenuEntry, ...] = ()
+
+
+SEPARATOR = MenuEntry("-")
+
+
+def status_line(status: EngineStatus) -> str:
+    camera = "camera on" if status.camera == "ok" else f"camera {status.camera}"
+    return f"{status.state.capitalize()} · {status.fps:.0f} fps · {status.faces} face(s) · {camera}"
+
+
+def build_menu(status: EngineStatus) -> tuple[MenuEntry, ...]:
+    """The whole menu for this status. Pure: same status, same menu."""
+    paused = status.paused
+    entries = [
+        MenuEntry(status_line(status), enabled=False),
+    ]
+    if status.sink not in ("ok", "closed"):
+        entries.append(MenuEntry(f"Virtual camera {status.sink} (see 'emojicam doctor')", enabled=False))
+    if status.config_error:
+        entries.append(MenuEntry("Config edit not applied (see log)", enabled=False))
+    entries += [
+        SEPARATOR,
+        MenuEntry(
+            "Mode",
+            submenu=tuple(
+                MenuEntry(_MODE_LABELS[m], f"mode:{m}", checked=status.mode == m, radio=True) for m in MODES
+            ),
+        ),
+        MenuEntry("Pause", "pause", checked=paused, default=True),
+        MenuEntry("Mirror", "mirror", checked=status.mirror),
+        MenuEntry("Show preview", "preview", checked=status.preview, enabled=status.sink_kind != "preview"),
+        SEPARATOR,
+        MenuEntry("Open config file", "open-config"),
+        MenuEntry("Reload config", "reload"),
+        SEPARATOR,
+        MenuEntry("Quit", "quit"),
+    ]
+    return tuple(entries)
+
+
+def icon_name(status: EngineStatus) -> str:
+    """Which picture the icon shows: an emotion value or "paused"."""
+    if status.state in ("paused", "idle", "stopping", "stopped") or status.mode == "off":
+        return "paused"
+    return status.dominant or "neutral"
+
+
+@lru_cache(maxsize=16)
+def icon_image(name: str, size_px: int = ICON_SIZE_PX, folder: str | None = None) -> Any:
+    """A PIL RGBA image for ``icon_name``: ``emoji_pngs/<name>.png``, or a
+    drawn circle when the file is missing or unreadable."""
+    from PIL import Image, ImageDraw
+
+    try:
+        from emojicam import assets
+
+        path = Path(folder) / f"{name}.png" if folder else assets.emoji_dir() / f"{name}.png"
+        with Image.open(path) as im:
+            return im.convert("RGBA").resize((size_px, size_px), Image.Resampling.LANCZOS)
+    except (OSError, ValueError) as exc:
+        log.debug("icon %s: %s; drawing one", name, exc)
+    image = Image.new("RGBA", (size_px, size_px), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(image)
+    m = size_px // 16
+    draw.ellipse(
+        (m, m, size_px - m, size_px - m),
+        fill=(*_EMOTION_RGB.get(name, (200, 200, 200)), 255),
+        outline=(60, 60, 60, 255),
+        width=max(1, size_px // 32),
+    )
+    return image
+
+
+class Dispatcher:
+    """Turns menu actions into engine commands."""
+
+    def __init__(
+        self, engine: Any, config_file: Path | None = None, opener: Callable[[Path], None] | None = None
+    ) -> None:
+        self.engine = engine
+        self.config_file = config_file
+        self._opener = opener or open_path
+
+    def __call__(self, action: str) -> None:
+        status = self.engine.status()
+        if action.startswith("mode:"):
+            self.engine.set_mode(action.split(":", 1)[1])
+        elif action == "pause":
+            (self.engine.resume if status.paused else self.engine.pause)()
+        elif action == "mirror":
+            self.engine.set_mirror(not status.mirror)
+        elif action == "preview":
+            self.engine.set_preview(not status.preview)
+        elif action == "reload":
+            self.engine.reload()
+        elif action == "open-config":
+            if self.config_file is not None:
+                self._opener(ensure_config_file(self.config_file))
+        elif action == "quit":
+            self.engine.request_stop()
+        else:
+            raise ValueError(f"unknown tray action {action!r}")
+
+
+def ensure_config_file(path: Path) -> Path:
+    """Create an empty, commented user config if there is none (never
+    overwrites an existing file)."""
+    if not path.exists():
+        from emojicam.config import default_config_path
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "x", encoding="utf-8") as f:
+            f.write(
+                "# Your EmojiCam settings: copy the lines you want to change from\n"
+                f"# {default_config_path()}\n# Saved edits apply within a second.\n"
+            )
+    return path
+
+
+def open_path(path: Path) -> None:
+    if sys.platform == "win32":
+        os.startfile(path)  # type: ignore[attr-defined]  # noqa: S606
+    else:
+        subprocess.Popen(
+            ["open" if sys.platform == "darwin" else "xdg-open", str(path)],  # noqa: S603
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+def to_pystray(pystray: Any, get_status: Callable[[], EngineStatus], dispatch: Callable[[str], None]) -> Any:
+    """A ``pystray.Menu`` regenerated from ``build_menu(get_status())``
+    whenever it is drawn."""
+
+    def item(entry: MenuEntry) -> Any:
+        if entry is SEPARATOR:
+            return pystray.Menu.SEPARATOR
+        if entry.submenu:
+            subs = entry.submenu
+            return pystray.MenuItem(entry.text, pystray.Menu(*[item(e) for e in subs]), enabled=entry.enabled)
+        action = entry.action
+
+        def on_click(_icon: Any, _item: Any) -> None:
+            if action is not None:
+                try:
+                    dispatch(action)
+                except Exception:  # noqa: BLE001 - a menu click must never kill the tray
+                    log.exception("tray action %s failed", action)
+
+        checked = None if entry.checked is None else (lambda _item, v=entry.checked: v)
+        return pystray.MenuItem(
+            entry.text,
+            on_click,
+            checked=checked,
+            radio=entry.radio,
+            enabled=entry.enabled,
+            default=entry.default,
+        )
+
+    return pystray.Menu(lambda: [item(e) for e in build_menu(get_status())])
+
+
+def explain_failure(
+    exc: BaseException | None = None, backend: str | None = None, headless: bool = True
+) -> str:
+    """Why there is no usable tray (or menu), and how to get one."""
+    parts = []
+    if exc is not None:
+        parts.append(f"no tray icon ({type(exc).__name__}: {exc}).")
+    desktop = os.environ.get("XDG_CURRENT_DESKTOP", "")
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
+        parts.append(
+            "There is no graphical session (DISPLAY is not set): start EmojiCam from your desktop "
+            "session, or use --no-tray."
+        )
+    elif sys.platform.startswith("linux"):
+        if "GNOME" in desktop.upper():
+            parts.append(
+                "GNOME shows tray icons only with the AppIndicator extension: install "
+                "gnome-shell-extension-appindicator, enable it, and log in again."
+            )
+        if backend in (None, "xorg"):
+            parts.append(
+                "For a menu, install AppIndicator support: sudo apt install gir1.2-ayatanaappindicator3-0.1 "
+                "python3-gi (or pip install PyGObject); the Xorg fallback backend has no menu."
+            )
+    if headless:
+        parts.append("EmojiCam keeps running without a tray; use 'emojicam ctl' to control it.")
+    else:
+        parts.append("Meanwhile use 'emojicam ctl' to control it.")
+    return " ".join(parts)
+
+
+def _backend_name(pystray: Any) -> str:
+    return str(pystray.Icon.__module__).rsplit(".", 1)[-1].lstrip("_")
+
+
+class _IconUpdater:
+    """Keeps the icon picture, tooltip and menu in step with the engine."""
+
+    def __init__(self, icon: Any, engine: Any, rate_hz: float) -> None:
+        self.icon, self.engine, self.rate_hz = icon, engine, rate_hz
+        self._name: str | None = None
+        self._icon_set_s = 0.0
+        self._title = ""
+        self._menu_key: tuple[Any, ...] | None = None
+
+    def tick(self) -> None:
+        status = self.engine.status()
+        name = icon_name(status)
+        now = time.monotonic()
+        # re-sent every few seconds too: a backend may drop an update (pystray Xorg does, rarely)
+        if name != self._name or now - self._icon_set_s > ICON_REFRESH_S:
+            self.icon.icon = icon_image(name)
+            self._name, self._icon_set_s = name, now
+        title = (
+            f"EmojiCam: {status.state}, mode {status.mode}, {status.faces} face(s), camera {status.camera}"
+        )
+        if title != self._title:  # not per fps change: fewer cross-thread calls into the backend
+            self.icon.title = self._title = title
+        menu_key = (
+            status.state,
+            status.mode,
+            status.mirror,
+            status.preview,
+            status.camera,
+            status.faces,
+            round(status.fps),
+            status.config_error,
+        )
+        if menu_key != self._menu_key and getattr(self.icon, "HAS_MENU", False):
+            self._menu_key = menu_key
+            with contextlib.suppress(NotImplementedError):
+                self.icon.update_menu()
+
+    def run(self) -> None:
+        period_s = 1.0 / max(0.1, self.rate_hz)
+        while not self.engine.shutdown.wait(period_s):
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001
+                log.debug("tray update failed", exc_info=True)
+
+
+def _xorg_waker(icon: Any, done: threading.Event, period_s: float = 0.25) -> None:
+    """Keep pystray's Xorg event loop responsive.
+
+    pystray (0.19.5) runs every icon change and ``stop()`` made from another
+    thread by sending an X ClientMessage to itself and blocking until its
+    loop handles it. With python-xlib that message is sometimes read into the
+    event queue by the sending thread while the loop thread sits in
+    ``select()``, so both wait forever (icon frozen, stop hangs). A harmless
+    ClientMessage sent from a second X connection wakes the loop, which then
+    drains its queue. Uses pystray's private ``_window``; without it, no-op.
+    """
+    window = getattr(icon, "_window", None)
+    if window is None:
+        return
+    try:
+        from Xlib import X
+        from Xlib import display as xdisplay
+        from Xlib.protocol import event
+
+        conn = xdisplay.Display()
+        target = conn.create_resource_object("window", window.id)
+        atom = conn.intern_atom("_EMOJICAM_WAKE")
+    except Exception:  # noqa: BLE001 - no second connection: live without it
+        log.debug("no Xorg waker", exc_info=True)
+        return
+    try:
+        while not done.wait(period_s):
+            target.send_event(
+                event.ClientMessage(window=target, client_type=atom, data=(32, [0, 0, 0, 0, 0])),
+                event_mask=X.NoEventMask,
+            )
+            conn.flush()
+    except Exception:  # noqa: BLE001 - the icon window is gone: we are stopping
+        log.debug("Xorg waker stopped", exc_info=True)
+    finally:
+        conn.close()
+
+
+def run_tray(
+    engine: Any,
+    config_file: Path | None = None,
+    on_shutdown: Callable[[], None] | None = None,
+    exit_timeout_s: float = 1.0,
+) -> bool:
+    """Show the tray icon and run its loop on this (main) thread until the
+    engine stops. False when no tray could be shown (already logged).
+
+    When the engine stops, ``on_shutdown`` (release camera, device, socket)
+    runs first, then the icon is stopped. pystray's Xorg backend does not
+    always leave its event loop when stopped from another thread (its Xlib
+    connection is not thread-safe); if the loop has not returned
+    ``exit_timeout_s`` later, the process exits (everything is released by
+    then)."""
+    try:
+        import pystray
+    except Exception as exc:  # noqa: BLE001 - Xlib raises DisplayNameError, gi raises ValueError...
+        log.warning("%s", explain_failure(exc))
+        return False
+    backend = _backend_name(pystray)
+    dispatch = Dispatcher(engine, config_file)
+    try:
+        icon = pystray.Icon(
+            "emojicam",
+            icon=icon_image(icon_name(engine.status())),
+            title="EmojiCam",
+            menu=to_pystray(pystray, engine.status, dispatch),
+        )
+    except Exception as exc:  # noqa: BLE001
+        log.warning("%s", explain_failure(exc, backend))
+        return False
+    if not icon.HAS_MENU:
+        log.warning(
+            "the %s tray backend shows the icon only, without a menu. %s",
+            backend,
+            explain_failure(None, backend, headless=False),
+        )
+
+    def on_event(kind: str, message: str) -> None:
+        if kind == "config-error" and icon.HAS_NOTIFICATION:
+            try:
+                icon.notify(message, "EmojiCam: config edit not applied")
+            except Exception:  # noqa: BLE001
+                log.debug("tray notification failed", exc_info=True)
+
+    engine.add_listener(on_event)
+    updater = _IconUpdater(icon, engine, engine.config.tray.icon_update_hz)
+
+    returned = threading.Event()
+
+    def setup(icon_: Any) -> None:
+        if backend == "xorg":
+            threading.Thread(
+                target=_xorg_waker, args=(icon_, returned), name="emojicam-tray-waker", daemon=True
+            ).start()
+        icon_.visible = True
+        threading.Thread(target=updater.run, name="emojicam-tray-icon", daemon=True).start()
+
+    def hard_exit() -> None:
+        if not returned.is_set():
+            log.warning("the %s tray loop did not stop; exiting now", backend)
+            logging.shutdown()
+            os._exit(0)
+
+    def stop_when_engine_stops() -> None:
+        engine.shutdown.wait()
+        if on_shutdown is not None:
+            on_shutdown()
+        timer = threading.Timer(exit_timeout_s, hard_exit)
+        timer.daemon = True
+        timer.start()
+        icon.stop()
+
+    threading.Thread(target=stop_when_engine_stops, name="emojicam-tray-stop", daemon=True).start()
+    log.info("tray icon via the %s backend", backend)
+    try:
+        icon.run(setup=setup)
+    except Exception as exc:  # noqa: BLE001 - the tray died: keep running headless
+        log.warning("%s", explain_failure(exc, backend))
+    finally:
+        returned.set()
+    return engine.shutdown.is_set()

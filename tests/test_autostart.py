@@ -1,0 +1,119 @@
+"""``emojicam autostart``: files written and removed under a fake home;
+``systemctl`` through a recording runner."""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import plistlib
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from emojicam import autostart, commands_daemon
+from emojicam.errors import EmojiCamError
+
+CMD = ["/opt/emoji cam/bin/emojicam", "run"]
+
+
+class Runner:
+    def __init__(self, returncode: int = 0) -> None:
+        self.calls: list[list[str]] = []
+        self.returncode = returncode
+
+    def __call__(self, cmd):
+        self.calls.append(list(cmd))
+        return subprocess.CompletedProcess(
+            cmd, self.returncode, "", "Failed to connect to bus" if self.returncode else ""
+        )
+
+
+def test_xdg_enable_disable(tmp_path: Path) -> None:
+    message = autostart.enable("xdg", home=tmp_path, system="Linux", cmd=CMD)
+    path = tmp_path / ".config" / "autostart" / "emojicam.desktop"
+    assert str(path) in message
+    entry = configparser.ConfigParser(interpolation=None)
+    entry.read(path)
+    desktop = entry["Desktop Entry"]
+    assert desktop["Type"] == "Application" and desktop["Name"] == "EmojiCam"
+    assert desktop["Exec"] == '"/opt/emoji cam/bin/emojicam" run'
+    assert "enabled" in autostart.status(home=tmp_path, system="Linux")
+    assert "removed" in autostart.disable(home=tmp_path, system="Linux")
+    assert not path.exists()
+    assert autostart.disable(home=tmp_path, system="Linux") == "autostart was not enabled"
+
+
+def test_systemd_enable_disable(tmp_path: Path) -> None:
+    runner = Runner()
+    message = autostart.enable("systemd", home=tmp_path, system="Linux", runner=runner, cmd=CMD)
+    unit = tmp_path / ".config" / "systemd" / "user" / "emojicam.service"
+    text = unit.read_text()
+    assert 'ExecStart="/opt/emoji cam/bin/emojicam" run' in text
+    assert "WantedBy=graphical-session.target" in text and "TimeoutStopSec=5" in text
+    assert runner.calls == [
+        ["systemctl", "--user", "daemon-reload"],
+        ["systemctl", "--user", "enable", "emojicam.service"],
+    ]
+    assert "enabled" in message
+    runner.calls.clear()
+    autostart.disable(home=tmp_path, system="Linux", runner=runner)
+    assert not unit.exists()
+    assert ["systemctl", "--user", "disable", "emojicam.service"] in runner.calls
+
+
+def test_systemd_failure_explains_the_manual_step(tmp_path: Path) -> None:
+    message = autostart.enable("systemd", home=tmp_path, system="Linux", runner=Runner(1), cmd=CMD)
+    assert "Failed to connect to bus" in message and "systemctl --user enable emojicam.service" in message
+
+
+def test_switching_method_leaves_one_entry(tmp_path: Path) -> None:
+    runner = Runner()
+    autostart.enable("xdg", home=tmp_path, system="Linux", runner=runner, cmd=CMD)
+    autostart.enable("systemd", home=tmp_path, system="Linux", runner=runner, cmd=CMD)
+    assert not autostart.desktop_path(tmp_path).exists() and autostart.unit_path(tmp_path).exists()
+    autostart.enable("xdg", home=tmp_path, system="Linux", runner=runner, cmd=CMD)
+    assert autostart.desktop_path(tmp_path).exists() and not autostart.unit_path(tmp_path).exists()
+
+
+def test_macos_launch_agent(tmp_path: Path) -> None:
+    autostart.enable(home=tmp_path, system="Darwin", cmd=CMD)
+    path = tmp_path / "Library" / "LaunchAgents" / "org.emojicam.EmojiCam.plist"
+    data = plistlib.loads(path.read_bytes())
+    assert data["ProgramArguments"] == CMD and data["RunAtLoad"] is True
+    assert "removed" in autostart.disable(home=tmp_path, system="Darwin")
+
+
+def test_windows_says_what_to_do_instead(tmp_path: Path) -> None:
+    with pytest.raises(EmojiCamError, match="shell:startup"):
+        autostart.enable(home=tmp_path, system="Windows")
+
+
+@pytest.mark.parametrize(
+    ("arg", "quoted"), [("plain", "plain"), ("a b", '"a b"'), ('x"y', '"x\\"y"'), ("$HOME", '"\\$HOME"')]
+)
+def test_quoting(arg: str, quoted: str) -> None:
+    assert autostart._quote(arg) == quoted
+
+
+def test_command_line_starts_the_daemon() -> None:
+    cmd = autostart.command_line()
+    assert cmd[-1] == "run" and Path(cmd[0]).is_absolute()
+
+
+def test_cmd_autostart(tmp_path: Path, capsys) -> None:
+    import platform
+
+    if platform.system() != "Linux":
+        pytest.skip("Linux paths")
+    assert (
+        commands_daemon.cmd_autostart(argparse.Namespace(action="enable", method="xdg"), home=tmp_path) == 0
+    )
+    assert "emojicam.desktop" in capsys.readouterr().out
+    assert (
+        commands_daemon.cmd_autostart(argparse.Namespace(action="status", method="xdg"), home=tmp_path) == 0
+    )
+    assert "enabled" in capsys.readouterr().out
+    assert (
+        commands_daemon.cmd_autostart(argparse.Namespace(action="disable", method="xdg"), home=tmp_path) == 0
+    )

@@ -1,0 +1,261 @@
+"""The control channel: validation, the socket's safety, the client, the
+single-instance lock, and the mapping onto engine commands."""
+
+from __future__ import annotations
+
+import json
+import socket
+import stat
+import sys
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+
+import pytest
+
+from emojicam import control
+from emojicam.config import ConfigError
+
+unix_only = pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="Unix sockets only")
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        {"cmd": "status"},
+        {"cmd": "mode", "mode": "label"},
+        {"cmd": "pause"},
+        {"cmd": "resume"},
+        {"cmd": "reload"},
+        {"cmd": "quit"},
+        {"cmd": "mirror", "on": True},
+        {"cmd": "preview", "on": False},
+    ],
+)
+def test_valid_requests_pass(request_: dict) -> None:
+    assert control.validate(request_) == request_
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b"not json", "malformed"),
+        (b"[1, 2]", "JSON object"),
+        (b'"status"', "JSON object"),
+        (b"{}", "unknown command"),
+        (b'{"cmd": "rm -rf"}', "unknown command"),
+        (b'{"cmd": "mode"}', "mode: expected one of"),
+        (b'{"cmd": "mode", "mode": "sepia"}', "sepia"),
+        (b'{"cmd": "status", "extra": 1}', "unexpected field"),
+        (b'{"cmd": "mirror", "on": "yes"}', "true or false"),
+        (b"\xff\xfe", "malformed"),
+        (b"[" * 100_000, "too long"),
+        (b"[" * 4000 + b"]" * 4000, "too long"),
+        (b"[" * 2000 + b"]" * 2000, "malformed"),  # deep nesting within the size limit: refused, no crash
+    ],
+)
+def test_malformed_requests_are_refused(line: bytes, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        control.decode_request(line)
+
+
+class FakeEngine:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.stopped = False
+
+    def _done(self, *call, error: Exception | None = None) -> Future:
+        self.calls.append(call)
+        fut: Future = Future()
+        if error is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(error)
+        return fut
+
+    def status(self):
+        class S:
+            def as_dict(self_inner):
+                return {"state": "running", "mode": "replace", "fps": 30.0, "faces": 1, "camera": "ok"}
+
+        return S()
+
+    def set_mode(self, mode):
+        return self._done("mode", mode)
+
+    def pause(self):
+        return self._done("pause")
+
+    def resume(self):
+        return self._done("resume")
+
+    def reload(self):
+        return self._done("reload", error=ConfigError("config.yaml: mode: expected one of ..., got 'x'"))
+
+    def set_mirror(self, on):
+        return self._done("mirror", on)
+
+    def set_preview(self, on):
+        self.calls.append(("preview", on))
+
+    def request_stop(self):
+        self.stopped = True
+
+
+def test_engine_handler_maps_commands() -> None:
+    eng = FakeEngine()
+    handle = control.engine_handler(eng)
+    assert handle({"cmd": "status"})["status"]["camera"] == "ok"
+    assert handle({"cmd": "mode", "mode": "label"}) == {"ok": True, "mode": "label"}
+    assert handle({"cmd": "pause"}) == {"ok": True}
+    assert handle({"cmd": "mirror", "on": True}) == {"ok": True}
+    assert handle({"cmd": "preview", "on": True}) == {"ok": True}
+    reply = handle({"cmd": "reload"})
+    assert reply["ok"] is False and "mode: expected" in reply["error"]
+    assert handle({"cmd": "quit"}) == {"ok": True} and eng.stopped
+    assert eng.calls == [("mode", "label"), ("pause",), ("mirror", True), ("preview", True), ("reload",)]
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    eng = FakeEngine()
+    calls: list[dict] = []
+
+    def handler(request: dict) -> dict:
+        calls.append(request)
+        return control.engine_handler(eng)(request)
+
+    srv = control.ControlServer(handler, tmp_path / "rt" / "control.sock")
+    srv.start()
+    srv.calls = calls  # type: ignore[attr-defined]
+    yield srv
+    srv.stop()
+
+
+def raw_exchange(path: Path, payload: bytes, timeout_s: float = 3.0) -> dict:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout_s)
+        s.connect(str(path))
+        s.sendall(payload)
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            buf += chunk
+    return json.loads(buf)
+
+
+@unix_only
+def test_socket_is_private(server) -> None:
+    assert stat.S_ISSOCK(server.path.stat().st_mode)
+    assert stat.S_IMODE(server.path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(server.path.parent.stat().st_mode) == 0o700
+
+
+@unix_only
+def test_client_round_trip(server) -> None:
+    assert control.send_request({"cmd": "status"}, server.path)["status"]["state"] == "running"
+    assert control.send_request({"cmd": "mode", "mode": "decorate"}, server.path)["mode"] == "decorate"
+
+
+@unix_only
+def test_oversized_and_malformed_never_reach_the_engine(server) -> None:
+    reply = raw_exchange(server.path, b"{" + b" " * (control.MAX_REQUEST_BYTES + 10) + b"}\n")
+    assert reply["ok"] is False and "too long" in reply["error"]
+    reply = raw_exchange(server.path, b"{'cmd': 'status'}\n")
+    assert reply["ok"] is False and "malformed" in reply["error"]
+    reply = raw_exchange(server.path, b"\n")
+    assert reply["ok"] is False
+    reply = raw_exchange(server.path, b'{"cmd": "shutdown -h now"}\n')
+    assert reply["ok"] is False and "unknown command" in reply["error"]
+    assert server.calls == []
+    assert raw_exchange(server.path, b'{"cmd": "status"}\n')["ok"] is True  # still serving
+
+
+@unix_only
+def test_a_silent_client_does_not_block_others(server) -> None:
+    idle = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    idle.connect(str(server.path))  # connects and says nothing
+    try:
+        t0 = time.monotonic()
+        assert control.send_request({"cmd": "status"}, server.path, timeout_s=2)["ok"]
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        idle.close()
+
+
+@unix_only
+def test_many_concurrent_clients(server) -> None:
+    results: list[bool] = []
+
+    def ask() -> None:
+        results.append(control.send_request({"cmd": "status"}, server.path)["ok"])
+
+    threads = [threading.Thread(target=ask) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert results == [True] * 20
+
+
+@unix_only
+def test_stop_removes_socket_and_client_says_not_running(tmp_path: Path) -> None:
+    srv = control.ControlServer(lambda r: {"ok": True}, tmp_path / "c.sock")
+    srv.start()
+    srv.stop()
+    assert not (tmp_path / "c.sock").exists()
+    with pytest.raises(control.NotRunning, match="not running"):
+        control.send_request({"cmd": "status"}, tmp_path / "c.sock")
+
+
+@unix_only
+def test_stale_socket_file_is_replaced(tmp_path: Path) -> None:
+    stale = tmp_path / "c.sock"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(stale))
+    s.close()  # the file stays behind, as after a crash
+    with pytest.raises(control.NotRunning):
+        control.send_request({"cmd": "status"}, stale)
+    srv = control.ControlServer(lambda r: {"ok": True, "fresh": True}, stale)
+    srv.start()
+    try:
+        assert control.send_request({"cmd": "status"}, stale)["fresh"] is True
+    finally:
+        srv.stop()
+
+
+@unix_only
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_PEERCRED is Linux")
+def test_peer_uid_is_read(tmp_path: Path) -> None:
+    import os
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, b:
+        assert control._peer_uid(a) == os.getuid()
+
+
+def test_instance_lock_refuses_a_second_daemon(tmp_path: Path) -> None:
+    first = control.InstanceLock(tmp_path)
+    first.acquire()
+    try:
+        second = control.InstanceLock(tmp_path)
+        with pytest.raises(control.AlreadyRunning, match=r"already running \(pid \d+\)"):
+            second.acquire()
+    finally:
+        first.release()
+    again = control.InstanceLock(tmp_path)
+    again.acquire()  # free again after release
+    again.release()
+
+
+@unix_only
+def test_a_runtime_folder_that_is_a_link_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "elsewhere"
+    real.mkdir()
+    (tmp_path / "rt").symlink_to(real)
+    srv = control.ControlServer(lambda r: {"ok": True}, tmp_path / "rt" / "control.sock")
+    with pytest.raises(control.ControlError, match="another user or is a link"):
+        srv.start()

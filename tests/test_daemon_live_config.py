@@ -1,0 +1,77 @@
+"""Runtime choices over the file config, and the file watcher."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from emojicam.config import CameraConfig, Config, ConfigError
+from emojicam.live_config import LiveConfig
+
+
+def test_runtime_choice_holds_until_the_file_sets_it() -> None:
+    live = LiveConfig(Config(mode="replace"))
+    new, commit = live.propose_override("mode", "label")
+    assert new.mode == "label" and live.effective().mode == "replace"  # nothing until commit
+    commit()
+    assert live.effective().mode == "label"
+    unrelated = dataclasses.replace(Config(mode="replace"), camera=CameraConfig(fps=15))
+    new, commit = live.propose_file(unrelated)
+    assert new.mode == "label" and new.camera.fps == 15
+    commit()
+    new, commit = live.propose_file(dataclasses.replace(unrelated, mode="decorate"))
+    assert new.mode == "decorate"  # the file changed the mode: the file wins
+    commit()
+    assert live.overrides == {}
+
+
+def test_mirror_override_and_unknown_keys() -> None:
+    live = LiveConfig(Config())
+    new, commit = live.propose_override("mirror", True)
+    commit()
+    assert live.effective().camera.mirror is True
+    with pytest.raises(ValueError):
+        live.propose_override("sink", "null")
+
+
+def test_uncommitted_file_proposal_changes_nothing() -> None:
+    live = LiveConfig(Config())
+    live.propose_override("mode", "off")[1]()
+    live.propose_file(Config(mode="label"))  # e.g. the pipeline failed to build: not committed
+    assert live.file_config == Config() and live.overrides == {"mode": "off"}
+
+
+def test_load_without_a_loader() -> None:
+    with pytest.raises(ConfigError):
+        LiveConfig(Config()).load()
+
+
+def test_watch_reports_each_settled_change(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("mode: replace\n")
+    live = LiveConfig(Config(), lambda: Config(), [path, tmp_path / "absent.yaml"], poll_s=0.05)
+    stop, changes = threading.Event(), []
+    thread = threading.Thread(target=live.watch, args=(stop, lambda: changes.append(time.monotonic())))
+    thread.start()
+    try:
+        time.sleep(0.2)
+        assert changes == []
+        t0 = time.monotonic()
+        path.write_text("mode: label\n")
+        deadline = t0 + 3
+        while not changes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(changes) == 1 and changes[0] - t0 < 1.0
+        (tmp_path / "absent.yaml").write_text("mode: off\n")  # a file appearing counts too
+        deadline = time.monotonic() + 3
+        while len(changes) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(changes) == 2
+    finally:
+        stop.set()
+        thread.join(2)
+    assert not thread.is_alive()

@@ -1,0 +1,514 @@
+"""The engine end to end: a real video file (or a fake camera that can be
+unplugged) -> a pipeline with fake detector/classifier and the real tracker,
+smoother and compositor -> the real ``pyvirtualcam.Camera`` over a recording
+backend. Timing bounds are deliberately generous."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pyvirtualcam = pytest.importorskip("pyvirtualcam")
+
+from emojicam import control, engine, sinks  # noqa: E402
+from emojicam.config import CameraConfig, Config, ConfigError, SinkConfig, load_config  # noqa: E402
+from emojicam.errors import SetupError  # noqa: E402
+from emojicam.pipeline import reconfigure  # noqa: E402
+from emojicam.sources import OpenCVSource, SourceError  # noqa: E402
+from tests.factories import (  # noqa: E402
+    RECORDER_BACKEND,
+    FakeClock,
+    make_box,
+    make_fake_pipeline,
+    make_sysfs_tree,
+    write_test_video,
+)
+
+SIZE_WH = (320, 240)
+BOX = make_box(110, 60, 100, 100)
+BACKGROUND = 90
+BACKEND = RECORDER_BACKEND
+
+
+@pytest.fixture(autouse=True)
+def _recording_backend(recorder):
+    return recorder
+
+
+@pytest.fixture
+def video(tmp_path: Path) -> Path:
+    return write_test_video(tmp_path / "clip.avi", n_frames=30, size_wh=SIZE_WH, value=BACKGROUND)
+
+
+def wait_for(predicate, timeout_s: float = 3.0, poll_s: float = 0.02) -> float:
+    """Seconds until ``predicate()`` held; fails the test on timeout."""
+    t0 = time.monotonic()
+    while not predicate():
+        if time.monotonic() - t0 > timeout_s:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        time.sleep(poll_s)
+    return time.monotonic() - t0
+
+
+def base_config(source: str | int, fps: float = 20.0, **sink: object) -> Config:
+    return Config(
+        camera=CameraConfig(
+            source=source, width=SIZE_WH[0], height=SIZE_WH[1], retry_initial_s=0.1, retry_max_s=0.4
+        ),
+        sink=SinkConfig(fps=fps, backend="v4l2loopback", on_demand=False, **sink),
+    )  # type: ignore[arg-type]
+
+
+def fake_reconfigure(pipeline, old: Config, new: Config):
+    """``pipeline.reconfigure`` for mode-only changes; a fresh fake pipeline
+    (instead of the real models) for anything else."""
+    if dataclasses.replace(old, mode=new.mode) == new:
+        return reconfigure(pipeline, old, new)
+    return make_fake_pipeline([BOX], mode=new.mode)
+
+
+def make_deps(
+    tmp_path: Path,
+    *,
+    pipeline=None,
+    make_source=None,
+    make_sink=None,
+    reconf=fake_reconfigure,
+    watch_readers=None,
+) -> engine.EngineDeps:
+    sysfs = make_sysfs_tree(tmp_path / "sys", [(0, "Integrated Camera", False), (7, "EmojiCam", True)])
+    dev = tmp_path / "dev"
+    dev.mkdir(exist_ok=True)
+
+    def virtual(cfg: Config) -> sinks.Sink:
+        return sinks.VirtualCameraSink(
+            cfg.sink,
+            (cfg.camera.width, cfg.camera.height),
+            system="Linux",
+            sysfs_root=sysfs,
+            dev_root=dev,
+            pyvirtualcam_backend=BACKEND,
+        )
+
+    kw = {}
+    if make_source is not None:
+        kw["make_source"] = make_source
+    return engine.EngineDeps(
+        make_pipeline=lambda cfg: pipeline or make_fake_pipeline([BOX], mode=cfg.mode),
+        reconfigure=reconf,
+        make_sink=make_sink or virtual,
+        watch_readers=watch_readers,
+        **kw,
+    )
+
+
+def box_mean(image: np.ndarray, box=BOX, inset: int = 30) -> float:
+    x, y, w, h = box.xywh
+    return float(image[y + inset : y + h - inset, x + inset : x + w - inset].mean())
+
+
+def corner_mean(image: np.ndarray) -> float:
+    return float(image[:20, :30].mean())
+
+
+@pytest.fixture
+def running(tmp_path: Path, video: Path):
+    """Start an engine; ``close()`` it afterwards whatever happened."""
+    engines: list[engine.Engine] = []
+
+    def start(config: Config | None = None, **kw) -> engine.Engine:
+        eng = engine.Engine(
+            config or base_config(str(video)), kw.pop("deps", None) or make_deps(tmp_path), **kw
+        )
+        eng.start()
+        engines.append(eng)
+        return eng
+
+    yield start
+    for eng in engines:
+        eng.close()
+
+
+def test_end_to_end_video_to_virtual_camera(running, recorder, tmp_path: Path) -> None:
+    eng = running()
+    wait_for(lambda: recorder.instances and recorder.instances[0].count >= 30)
+    cam = recorder.instances[0]
+    assert cam.device() == str(tmp_path / "dev" / "video7")  # found by its label in the fake sysfs
+    assert (cam.width, cam.height) == SIZE_WH
+    frame = cam.frames[-1]
+    assert frame.shape == (SIZE_WH[1], SIZE_WH[0], 3)
+    # the face box is covered by the emoji, the background is untouched
+    assert abs(box_mean(frame) - BACKGROUND) > 40
+    assert abs(corner_mean(frame) - BACKGROUND) < 8
+    status = eng.status()
+    assert status.state == "running" and status.camera == "ok" and status.sink == "ok"
+    assert status.faces == 1 and status.dominant == "happy" and status.mode == "replace"
+    assert status.fps > 5
+    # pacing: about sink.fps frames per second (20), generous bounds
+    t = np.array(cam.times)
+    window = t[(t > t[-1] - 1.0)]
+    assert 10 <= len(window) <= 30, len(window)
+    elapsed = eng.close()
+    assert elapsed < 2.0
+    assert cam.closed
+    assert eng.status().camera == "released" and eng.status().state == "stopped"
+
+
+def test_slow_processing_repeats_last_frame(running, recorder, tmp_path: Path) -> None:
+    slow = make_fake_pipeline([BOX], delay_s=0.25)  # about 4 processed frames per second
+    eng = running(deps=make_deps(tmp_path, pipeline=slow))
+    wait_for(lambda: eng.status().frames_processed >= 2, timeout_s=5)
+    sent0, processed0, t0 = eng.status().frames_sent, eng.status().frames_processed, time.monotonic()
+    time.sleep(1.2)
+    sent = eng.status().frames_sent - sent0
+    processed = eng.status().frames_processed - processed0
+    rate = sent / (time.monotonic() - t0)
+    assert rate >= 10, rate  # the camera stays near 20 fps
+    assert processed <= 8 and sent >= 2 * processed
+    frames = recorder.instances[0].frames
+    repeats = sum(np.array_equal(a, b) for a, b in zip(frames, frames[1:], strict=False))
+    assert repeats >= len(frames) // 3
+
+
+def test_mode_switch_through_control_channel(running, recorder, tmp_path: Path) -> None:
+    eng = running()
+    server = control.ControlServer(control.engine_handler(eng), tmp_path / "ctl.sock")
+    server.start()
+    try:
+        wait_for(lambda: eng.status().frames_processed >= 3)
+        reply = control.send_request({"cmd": "mode", "mode": "label"}, tmp_path / "ctl.sock")
+        assert reply == {"ok": True, "mode": "label"}
+        status = control.send_request({"cmd": "status"}, tmp_path / "ctl.sock")["status"]
+        assert status["mode"] == "label"
+        # label mode leaves the face visible: wait for a frame processed after the switch
+        n = eng.status().frames_processed
+        wait_for(lambda: eng.status().frames_processed >= n + 3)
+        time.sleep(0.15)
+        assert abs(box_mean(recorder.instances[0].frames[-1]) - BACKGROUND) < 15
+        bad = control.send_request({"cmd": "mode", "mode": "sepia"}, tmp_path / "ctl.sock")
+        assert bad["ok"] is False and "sepia" in bad["error"]
+        assert eng.status().mode == "label"
+    finally:
+        server.stop()
+    assert not (tmp_path / "ctl.sock").exists()
+
+
+def _config_text(video: Path, mode: str = "replace", extra: str = "") -> str:
+    return (
+        f"mode: {mode}\ncamera:\n  source: {video}\n  width: {SIZE_WH[0]}\n  height: {SIZE_WH[1]}\n"
+        f"sink:\n  fps: 20\n  on_demand: false\n{extra}"
+    )
+
+
+def test_hot_reload_and_bad_edit(running, tmp_path: Path, video: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(_config_text(video))
+
+    def load() -> Config:
+        return dataclasses.replace(
+            load_config(path, use_user_file=False), sink=dataclasses.replace(base_config(str(video)).sink)
+        )
+
+    events: list[tuple[str, str]] = []
+    eng = engine.Engine(load(), make_deps(tmp_path), load_config=load, watch_paths=[path])
+    eng.add_listener(lambda kind, msg: events.append((kind, msg)))
+    eng.start()
+    try:
+        wait_for(lambda: eng.status().frames_processed >= 2)
+        path.write_text(_config_text(video, "label"))
+        took = wait_for(lambda: eng.status().mode == "label", timeout_s=3)
+        print(f"hot reload applied {took:.2f} s after the save")
+        assert took < 1.5, f"hot reload took {took:.2f} s"
+        assert ("config-reloaded", "settings applied") in events
+
+        # a bad edit: reported, the last good config keeps running
+        sent = eng.status().frames_sent
+        path.write_text(_config_text(video, "banana"))
+        wait_for(lambda: eng.status().config_error is not None, timeout_s=3)
+        status = eng.status()
+        assert "mode" in status.config_error and "banana" in status.config_error
+        assert status.mode == "label" and status.state == "running"
+        assert any(kind == "config-error" for kind, _ in events)
+        wait_for(lambda: eng.status().frames_sent > sent + 5)
+        assert path.read_text() == _config_text(video, "banana")  # never rewritten
+
+        # a runtime choice survives an unrelated edit, until the file sets that key
+        eng.set_mode("decorate").result(2)
+        path.write_text(_config_text(video, "label", "tray:\n  icon_update_hz: 2\n"))
+        wait_for(lambda: eng.status().config_error is None, timeout_s=3)
+        assert eng.status().mode == "decorate"
+        path.write_text(_config_text(video, "'off'", "tray:\n  icon_update_hz: 2\n"))
+        wait_for(lambda: eng.status().mode == "off", timeout_s=3)
+        with pytest.raises(ConfigError):
+            path.write_text("mode: [")
+            eng.reload().result(2)
+    finally:
+        assert eng.close() < 2.0
+
+
+def test_reload_that_fails_to_build_keeps_old_pipeline(running, tmp_path: Path, video: Path) -> None:
+    def failing_reconfigure(pipeline, old, new):
+        if new.classifier != old.classifier:
+            raise SetupError("model.tflite: missing (test)")
+        return fake_reconfigure(pipeline, old, new)
+
+    good = base_config(str(video))
+    configs = iter([dataclasses.replace(good, classifier=dataclasses.replace(good.classifier, threads=2))])
+    eng = running(
+        good, deps=make_deps(tmp_path, reconf=failing_reconfigure), load_config=lambda: next(configs)
+    )
+    wait_for(lambda: eng.status().frames_processed >= 2)
+    with pytest.raises(SetupError):
+        eng.reload().result(2)
+    assert "model.tflite" in eng.status().config_error
+    n = eng.status().frames_processed
+    wait_for(lambda: eng.status().frames_processed > n + 3)
+
+
+class FakeCamera:
+    """A camera that can be unplugged: ``plugged`` cleared -> reads fail and
+    opening raises, like a USB webcam pulled out."""
+
+    def __init__(self, plugged: threading.Event, log: list[str]) -> None:
+        self.plugged, self.log = plugged, log
+        self.description = "fake camera"
+
+    def open(self) -> None:
+        if not self.plugged.is_set():
+            self.log.append("open-failed")
+            raise SourceError("fake camera is missing")
+        self.log.append("open")
+
+    def read(self) -> np.ndarray | None:
+        time.sleep(1 / 60)
+        if not self.plugged.is_set():
+            return None
+        return np.full((SIZE_WH[1], SIZE_WH[0], 3), BACKGROUND, np.uint8)
+
+    def close(self) -> None:
+        self.log.append("close")
+
+
+def test_camera_loss_mid_stream_and_recovery(running, recorder, tmp_path: Path) -> None:
+    plugged, log = threading.Event(), []
+    plugged.set()
+    deps = make_deps(tmp_path, make_source=lambda cfg: FakeCamera(plugged, log))
+    eng = running(deps=deps)
+    wait_for(lambda: eng.status().camera == "ok" and eng.status().frames_processed > 3)
+    cam = recorder.instances[0]
+
+    plugged.clear()  # unplug
+    wait_for(lambda: eng.status().camera == "unavailable", timeout_s=3)
+    assert "fake camera" in eng.status().camera_detail
+    n = cam.count
+    wait_for(lambda: cam.count > n + 5)
+    placeholder = cam.frames[-1]
+    assert placeholder.shape == (SIZE_WH[1], SIZE_WH[0], 3)
+    assert abs(float(placeholder[:20].mean()) - 43) < 10  # the dark placeholder, not a frozen frame
+    assert eng.status().state == "running"  # the daemon keeps going
+    wait_for(lambda: log.count("open-failed") >= 2, timeout_s=3)  # retrying with backoff
+
+    plugged.set()  # replug
+    took = wait_for(lambda: eng.status().camera == "ok", timeout_s=3)
+    assert took < 2.0
+    n = eng.status().frames_processed
+    wait_for(lambda: eng.status().frames_processed > n + 3)
+    time.sleep(0.15)
+    assert abs(box_mean(cam.frames[-1]) - BACKGROUND) > 40  # emoji again
+    assert log.count("open") == log.count("close") + 1
+
+
+def test_missing_video_file_recovers_when_it_appears(running, tmp_path: Path) -> None:
+    path = tmp_path / "later.avi"
+    eng = running(base_config(str(path)))
+    wait_for(lambda: eng.status().camera == "unavailable")
+    assert "no such video file" in eng.status().camera_detail
+    write_test_video(tmp_path / "tmp.avi", 10, SIZE_WH)
+    os.replace(tmp_path / "tmp.avi", path)
+    wait_for(lambda: eng.status().camera == "ok", timeout_s=3)
+    wait_for(lambda: eng.status().faces == 1)
+
+
+def test_pause_releases_camera_and_resume_reopens(running, recorder, tmp_path: Path) -> None:
+    plugged, log = threading.Event(), []
+    plugged.set()
+    eng = running(deps=make_deps(tmp_path, make_source=lambda cfg: FakeCamera(plugged, log)))
+    wait_for(lambda: eng.status().camera == "ok")
+    eng.pause().result(2)
+    wait_for(lambda: eng.status().state == "paused" and eng.status().camera == "released")
+    assert log[-1] == "close"
+    n, t0 = recorder.instances[0].count, time.monotonic()
+    time.sleep(1.0)
+    paused_rate = (recorder.instances[0].count - n) / (time.monotonic() - t0)
+    assert 0.5 <= paused_rate <= 5  # a cheap frame at a low rate keeps the device alive
+    eng.resume().result(2)
+    wait_for(lambda: eng.status().camera == "ok" and eng.status().state == "running")
+    assert log.count("open") == 2
+
+
+def test_shutdown_under_load_releases_everything(running, recorder, tmp_path: Path) -> None:
+    plugged, log = threading.Event(), []
+    plugged.set()
+    heavy = make_fake_pipeline([BOX], delay_s=0.4)
+    eng = running(deps=make_deps(tmp_path, pipeline=heavy, make_source=lambda cfg: FakeCamera(plugged, log)))
+    wait_for(lambda: eng.status().frames_processed >= 1, timeout_s=5)
+    time.sleep(0.1)  # mid-frame
+    elapsed = eng.close(timeout_s=2.0)
+    assert elapsed < 2.0
+    assert log[-1] == "close" and recorder.instances[0].closed
+    assert not [t for t in threading.enumerate() if t.name.startswith("emojicam-") and t.is_alive()]
+
+
+def test_pipeline_error_never_shows_the_raw_face(running, recorder, tmp_path: Path) -> None:
+    broken = make_fake_pipeline([BOX])
+
+    def explode(_frame):
+        raise RuntimeError("model failed (test)")
+
+    broken.process = explode  # type: ignore[method-assign]
+    marker = np.full((SIZE_WH[1], SIZE_WH[0], 3), BACKGROUND, np.uint8)
+    marker[::2, :] = 255  # fine stripes: any blur flattens them
+
+    class StripedCamera(FakeCamera):
+        def read(self):
+            time.sleep(1 / 60)
+            return marker.copy()
+
+    plugged = threading.Event()
+    plugged.set()
+    eng = running(
+        deps=make_deps(tmp_path, pipeline=broken, make_source=lambda cfg: StripedCamera(plugged, []))
+    )
+    wait_for(lambda: eng.status().frames_processed >= 3)
+    time.sleep(0.2)
+    frame = recorder.instances[0].frames[-1]
+    assert float(np.abs(np.diff(frame[:, :, 0].astype(int), axis=0)).mean()) < 20  # blurred, stripes gone
+    assert eng.status().state == "running"
+
+
+def test_virtual_device_missing_at_start_then_appears(running, recorder, tmp_path: Path) -> None:
+    sysfs = make_sysfs_tree(tmp_path / "sys2", [(0, "Integrated Camera", False)])
+
+    def virtual(cfg: Config) -> sinks.Sink:
+        return sinks.VirtualCameraSink(
+            cfg.sink,
+            SIZE_WH,
+            system="Linux",
+            sysfs_root=sysfs,
+            dev_root=tmp_path,
+            pyvirtualcam_backend=BACKEND,
+        )
+
+    eng = running(deps=make_deps(tmp_path, make_sink=virtual))
+    wait_for(lambda: eng.status().sink == "unavailable")
+    assert "modprobe v4l2loopback" in eng.status().sink_detail
+    assert eng.status().state == "running"
+    make_sysfs_tree(sysfs, [(9, "EmojiCam", True)])  # the module gets loaded
+    wait_for(lambda: eng.status().sink == "ok", timeout_s=4)
+    assert eng.status().device == str(tmp_path / "video9")
+    wait_for(lambda: recorder.instances and recorder.instances[-1].count > 3)
+
+
+def test_failing_writes_reopen_the_device(running, recorder) -> None:
+    eng = running()
+    wait_for(lambda: recorder.instances and recorder.instances[0].count > 3)
+    recorder.fail_sends = True
+    wait_for(lambda: eng.status().sink == "unavailable", timeout_s=3)
+    assert "writes failing" in eng.status().sink_detail
+    assert recorder.instances[0].closed
+    recorder.fail_sends = False
+    wait_for(lambda: len(recorder.instances) >= 2 and recorder.instances[-1].count > 3, timeout_s=4)
+    assert eng.status().sink == "ok"
+
+
+def test_mirror_flips_before_the_pipeline(running, recorder, tmp_path: Path) -> None:
+    seen: list[np.ndarray] = []
+    pipeline = make_fake_pipeline([BOX], mode="off")
+    real = pipeline.process
+
+    def spy(frame):
+        seen.append(frame.image_bgr)
+        return real(frame)
+
+    pipeline.process = spy  # type: ignore[method-assign]
+    image = np.zeros((SIZE_WH[1], SIZE_WH[0], 3), np.uint8)
+    image[:, :10] = 255  # a bright band on the left
+
+    class Cam(FakeCamera):
+        def read(self):
+            time.sleep(1 / 60)
+            return image.copy()
+
+    plugged = threading.Event()
+    plugged.set()
+    eng = running(deps=make_deps(tmp_path, pipeline=pipeline, make_source=lambda cfg: Cam(plugged, [])))
+    wait_for(lambda: len(seen) > 2)
+    assert seen[-1][:, :10].mean() == 255
+    eng.set_mirror(True).result(2)
+    n = len(seen)
+    wait_for(lambda: len(seen) > n + 2)
+    assert seen[-1][:, -10:].mean() == 255 and seen[-1][:, :10].mean() == 0
+    assert eng.status().mirror is True
+
+
+def test_commands_after_shutdown_fail_cleanly(running) -> None:
+    eng = running()
+    eng.close()
+    with pytest.raises(RuntimeError, match="shutting down"):
+        eng.set_mode("label").result(1)
+    with pytest.raises(ValueError, match="unknown mode"):
+        eng.set_mode("sepia")
+
+
+def test_opencv_source_loops_a_video_file(video: Path) -> None:
+    clock = FakeClock()
+    src = OpenCVSource(str(video), CameraConfig(fps=30), clock=clock, sleep=clock.sleep)
+    src.open()
+    try:
+        frames = [src.read() for _ in range(45)]  # 30-frame clip, read 1.5 times
+    finally:
+        src.close()
+    assert all(f is not None and f.shape == (SIZE_WH[1], SIZE_WH[0], 3) for f in frames)
+    assert len(clock.slept) == 44 and all(abs(s - 1 / 30) < 1e-9 for s in clock.slept)  # the file's 30 fps
+
+
+def test_show_preview_opens_and_closes_a_second_sink(running, recorder, tmp_path: Path) -> None:
+    shown: list[tuple[int, int]] = []
+    events: list[str] = []
+
+    class FakePreview:
+        kind = "preview"
+        device = None
+        closed_by_user = False
+
+        def open(self):
+            events.append("open")
+
+        def send(self, image):
+            shown.append(image.shape[:2])
+
+        def pace(self):
+            pass
+
+        def close(self):
+            events.append("close")
+
+    deps = make_deps(tmp_path)
+    deps.make_preview = lambda cfg: FakePreview()
+    eng = running(deps=deps)
+    wait_for(lambda: eng.status().frames_sent > 3)
+    assert shown == []
+    eng.set_preview(True)
+    wait_for(lambda: len(shown) > 5)
+    assert eng.status().preview is True and shown[-1] == (SIZE_WH[1], SIZE_WH[0])
+    eng.set_preview(False)
+    wait_for(lambda: events == ["open", "close"])
+    n = len(shown)
+    time.sleep(0.2)
+    assert len(shown) == n and recorder.instances[0].count > n  # the camera kept going

@@ -1,0 +1,153 @@
+"""Sinks: letterboxing, the null sink, and the virtual camera through the real
+``pyvirtualcam.Camera`` over a recording backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pyvirtualcam = pytest.importorskip("pyvirtualcam")
+
+from emojicam import sinks  # noqa: E402
+from emojicam.config import SinkConfig  # noqa: E402
+from tests.factories import RECORDER_BACKEND, FakeClock, make_sysfs_tree  # noqa: E402
+
+BACKEND = RECORDER_BACKEND
+
+
+@pytest.fixture(autouse=True)
+def _recording_backend(recorder):
+    return recorder
+
+
+@pytest.fixture
+def sysfs(tmp_path: Path) -> Path:
+    return make_sysfs_tree(
+        tmp_path / "sys", [(0, "Integrated Camera", False), (2, "OBS Cam", True), (10, "EmojiCam", True)]
+    )
+
+
+def test_fit_to_letterboxes_keeping_aspect() -> None:
+    image = np.full((100, 100, 3), 200, np.uint8)
+    out = sinks.fit_to(image, (200, 100))
+    assert out.shape == (100, 200, 3)
+    assert out[:, :50].max() == 0 and out[:, 150:].max() == 0  # black bars
+    assert out[:, 60:140].min() == 200
+    same = np.zeros((10, 20, 3), np.uint8)
+    assert sinks.fit_to(same, (20, 10)) is same
+
+
+def test_null_sink_counts_and_paces() -> None:
+    clock = FakeClock()
+    sink = sinks.NullSink(fps=10, clock=clock, sleep=clock.sleep)
+    sink.open()
+    for _ in range(4):
+        sink.send(np.zeros((12, 16, 3), np.uint8))
+        sink.pace()
+    sink.close()
+    assert sink.frames_sent == 4 and sink.last_size_wh == (16, 12)
+    assert clock.slept == pytest.approx([0.1] * 3)
+
+
+def test_virtual_sink_finds_device_by_label(sysfs: Path, tmp_path: Path, recorder) -> None:
+    sink = sinks.VirtualCameraSink(
+        SinkConfig(fps=25),
+        (64, 48),
+        system="Linux",
+        sysfs_root=sysfs,
+        dev_root=tmp_path / "dev",
+        pyvirtualcam_backend=BACKEND,
+    )
+    sink.open()
+    try:
+        assert sink.device == str(tmp_path / "dev" / "video10")
+        sink.send(np.full((96, 128, 3), 7, np.uint8))  # another size: scaled to fit
+        sink.pace()
+        sink.send(np.full((48, 64, 3), 9, np.uint8))
+    finally:
+        sink.close()
+    cam = recorder.instances[0]
+    assert (cam.width, cam.height, cam.fps) == (64, 48, 25)
+    assert cam.fourcc == pyvirtualcam.camera.encode_fourcc(pyvirtualcam.PixelFormat.BGR.value)
+    assert [f.shape for f in cam.frames] == [(48, 64, 3)] * 2
+    assert cam.frames[0].min() == 7 and cam.frames[1].max() == 9
+    assert cam.closed
+
+
+def test_explicit_device_wins(sysfs: Path, recorder) -> None:
+    sink = sinks.VirtualCameraSink(
+        SinkConfig(device="/dev/video42"),
+        (32, 32),
+        system="Linux",
+        sysfs_root=sysfs,
+        pyvirtualcam_backend=BACKEND,
+    )
+    sink.open()
+    sink.close()
+    assert recorder.instances[0].device() == "/dev/video42"
+
+
+def test_missing_label_says_how_to_fix(sysfs: Path) -> None:
+    sink = sinks.VirtualCameraSink(
+        SinkConfig(name="NoSuchCam"), (32, 32), system="Linux", sysfs_root=sysfs, pyvirtualcam_backend=BACKEND
+    )
+    with pytest.raises(sinks.SinkError) as err:
+        sink.open()
+    message = str(err.value)
+    assert "NoSuchCam" in message and 'card_label="NoSuchCam"' in message and "exclusive_caps=1" in message
+    assert "OBS Cam" in message  # lists what exists
+
+
+def test_a_real_camera_with_the_label_is_refused(tmp_path: Path) -> None:
+    sysfs = make_sysfs_tree(tmp_path / "s", [(0, "EmojiCam", False)])
+    sink = sinks.VirtualCameraSink(
+        SinkConfig(), (32, 32), system="Linux", sysfs_root=sysfs, pyvirtualcam_backend=BACKEND
+    )
+    with pytest.raises(sinks.SinkError, match="not a v4l2loopback device"):
+        sink.open()
+
+
+def test_every_failing_backend_is_listed(monkeypatch) -> None:
+    class Broken:
+        def __init__(self, **kw):
+            raise RuntimeError(f"no device {kw['device']}")
+
+    pyvirtualcam.register_backend("unitycapture", Broken)
+    pyvirtualcam.register_backend("obs", Broken)
+    try:
+        sink = sinks.VirtualCameraSink(SinkConfig(name="EmojiCam"), (32, 32), system="Windows")
+        with pytest.raises(sinks.SinkError) as err:
+            sink.open()
+    finally:
+        pyvirtualcam.camera.BACKENDS.pop("unitycapture", None)
+        pyvirtualcam.camera.BACKENDS.pop("obs", None)
+    message = str(err.value)
+    assert "'unitycapture' backend: no device EmojiCam (device: EmojiCam)" in message
+    assert "'obs' backend: no device None (device: default)" in message and "Unity Capture" in message
+
+
+@pytest.mark.parametrize(
+    ("system", "backend", "expected"),
+    [
+        ("Linux", "v4l2loopback", [("v4l2loopback", "/dev/video10")]),
+        ("Windows", "auto", [("unitycapture", "EmojiCam"), ("obs", None)]),
+        ("Windows", "unitycapture", [("unitycapture", "EmojiCam")]),
+        ("Darwin", "auto", [("obs", None)]),
+        ("Windows", "obs", [("obs", None)]),
+    ],
+)
+def test_backend_choice_per_platform(system, backend, expected, sysfs: Path) -> None:
+    assert sinks._candidates(SinkConfig(backend=backend), system, sysfs, Path("/dev")) == expected
+
+
+def test_create_sink_by_kind() -> None:
+    assert isinstance(sinks.create_sink(SinkConfig(kind="null"), (8, 8)), sinks.NullSink)
+    assert isinstance(sinks.create_sink(SinkConfig(kind="preview"), (8, 8)), sinks.PreviewSink)
+    assert isinstance(sinks.create_sink(SinkConfig(kind="virtual"), (8, 8)), sinks.VirtualCameraSink)
+
+
+def test_send_before_open_is_an_error() -> None:
+    with pytest.raises(sinks.SinkError):
+        sinks.VirtualCameraSink(SinkConfig(), (8, 8)).send(np.zeros((8, 8, 3), np.uint8))

@@ -1,0 +1,197 @@
+"""Sources: parsing, colour normalisation, pacing, the latest-frame slot and
+the capture thread's retry behaviour."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from emojicam.config import CameraConfig
+from emojicam.sources import (
+    CameraState,
+    CaptureThread,
+    LatestSlot,
+    OpenCVSource,
+    Pacer,
+    SourceError,
+    is_camera,
+    parse_source,
+    placeholder_image,
+    to_bgr,
+)
+from emojicam.types import Frame
+from tests.factories import FakeClock, write_test_video
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("0", 0), (" 2 ", 2), (3, 3), ("/dev/video0", "/dev/video0"), ("clip.mp4", "clip.mp4")],
+)
+def test_parse_source(value, expected) -> None:
+    assert parse_source(value) == expected
+
+
+def test_is_camera(tmp_path: Path) -> None:
+    assert is_camera(0) and is_camera("/dev/video4")
+    assert not is_camera(str(tmp_path / "clip.mp4"))
+
+
+@pytest.mark.parametrize(
+    ("image", "shape"),
+    [
+        (np.zeros((4, 6), np.uint8), (4, 6, 3)),
+        (np.zeros((4, 6, 1), np.uint8), (4, 6, 3)),
+        (np.zeros((4, 6, 4), np.uint8), (4, 6, 3)),
+        (np.zeros((4, 6, 3), np.uint8), (4, 6, 3)),
+        (np.zeros((4, 6, 3), np.float32), (4, 6, 3)),
+    ],
+)
+def test_to_bgr_normalises(image: np.ndarray, shape: tuple) -> None:
+    out = to_bgr(image)
+    assert out is not None and out.shape == shape and out.dtype == np.uint8
+
+
+@pytest.mark.parametrize("image", [None, np.zeros((0, 0, 3), np.uint8), np.zeros((4, 6, 2), np.uint8)])
+def test_to_bgr_rejects_unusable(image) -> None:
+    assert to_bgr(image) is None
+
+
+def test_pacer_keeps_the_period_and_never_bursts() -> None:
+    clock = FakeClock()
+    pacer = Pacer(25, clock, clock.sleep)
+    pacer.wait()  # first call starts the schedule
+    for _ in range(5):
+        clock.advance(0.01)  # 10 ms of work
+        pacer.wait()
+    assert clock.slept == pytest.approx([0.03] * 5)
+    clock.advance(0.5)  # a long stall: no burst of catch-up frames afterwards
+    assert pacer.wait() == 0.0
+    clock.advance(0.01)
+    pacer.wait()
+    assert clock.slept[-1] == pytest.approx(0.03)
+    with pytest.raises(ValueError):
+        Pacer(0)
+
+
+def test_latest_slot_keeps_only_the_newest() -> None:
+    slot: LatestSlot[int] = LatestSlot()
+    assert slot.wait_newer(0, 0.01) is None
+    for i in range(5):
+        slot.put(i)
+    seq, item = slot.wait_newer(0, 0.01)
+    assert (seq, item) == (5, 4)
+    assert slot.wait_newer(seq, 0.01) is None
+    threading.Timer(0.05, slot.put, args=(9,)).start()
+    assert slot.wait_newer(seq, 2.0) == (6, 9)
+    slot.clear()
+    assert slot.latest() == (6, None)
+
+
+def test_placeholder_image_has_text_and_size() -> None:
+    image = placeholder_image((320, 180), ["camera unavailable — retrying", "detail"])
+    assert image.shape == (180, 320, 3) and image.dtype == np.uint8
+    assert tuple(image[0, 0]) == (48, 40, 40)  # background BGR
+    assert (image > 200).any()  # light text drawn
+
+
+def test_opencv_source_errors_say_why(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="no such video file"):
+        OpenCVSource(str(tmp_path / "missing.mp4")).open()
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video at all" * 100)
+    with pytest.raises(SourceError, match="cannot be decoded"):
+        OpenCVSource(str(junk)).open()
+
+
+def test_opencv_source_reads_a_file_with_the_injected_clock(tmp_path: Path) -> None:
+    video = write_test_video(tmp_path / "v.avi", 5, (64, 48), fps=10)
+    clock = FakeClock()
+    src = OpenCVSource(str(video), CameraConfig(), clock=clock, sleep=clock.sleep)
+    assert src.is_file and "video file" in src.description
+    src.open()
+    try:
+        frames = [src.read() for _ in range(12)]  # loops past the end twice
+    finally:
+        src.close()
+    assert all(f is not None and f.shape == (48, 64, 3) for f in frames)
+    assert clock.slept == pytest.approx([0.1] * 11)
+    assert src.read() is None  # closed
+
+
+class ScriptedSource:
+    """Fails to open ``fail_opens`` times, then gives ``frames`` frames and stops."""
+
+    def __init__(self, state: dict) -> None:
+        self.state = state
+        self.description = "scripted"
+
+    def open(self) -> None:
+        self.state["attempts"].append(time.monotonic())
+        if len(self.state["attempts"]) <= self.state["fail_opens"]:
+            raise SourceError("camera busy (test)")
+
+    def read(self):
+        if self.state["left"] <= 0:
+            return None
+        self.state["left"] -= 1
+        time.sleep(0.005)
+        return np.zeros((8, 8, 3), np.uint8)
+
+    def close(self) -> None:
+        self.state["closes"] += 1
+
+
+def test_capture_thread_retries_with_backoff_and_recovers() -> None:
+    state = {"attempts": [], "fail_opens": 4, "left": 10, "closes": 0}
+    slot: LatestSlot[Frame] = LatestSlot()
+    changes: list[tuple[CameraState, str]] = []
+    cap = CaptureThread(
+        lambda: ScriptedSource(state),
+        slot,
+        retry_initial_s=0.05,
+        retry_max_s=0.15,
+        on_state=lambda s, d: changes.append((s, d)),
+    )
+    cap.start()
+    try:
+        deadline = time.monotonic() + 5
+        while cap.frames_read < 10 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        assert cap.stop()
+    gaps = np.diff(state["attempts"][:5])
+    assert gaps[0] >= 0.04 and gaps[1] >= 0.09  # 0.05, 0.1, then capped at 0.15
+    assert max(gaps) < 0.6
+    states = [s for s, _ in changes]
+    assert states[:3] == [CameraState.OPENING, CameraState.UNAVAILABLE, CameraState.OK]
+    assert "busy" in changes[1][1]
+    assert cap.frames_read == 10
+    assert slot.latest()[1].index == 9  # Frame numbering
+    assert states[-1] is CameraState.RELEASED
+    assert state["closes"] >= 1
+
+
+def test_capture_thread_survives_a_driver_that_raises_on_close() -> None:
+    state = {"attempts": [], "fail_opens": 0, "left": 3, "closes": 0}
+
+    class Dying(ScriptedSource):
+        def close(self) -> None:
+            super().close()
+            if self.state["closes"] == 1:
+                self.state["left"] = 3  # the camera comes back after the failed release
+                raise OSError(19, "No such device")
+
+    slot: LatestSlot[Frame] = LatestSlot()
+    cap = CaptureThread(lambda: Dying(state), slot, retry_initial_s=0.05, retry_max_s=0.1)
+    cap.start()
+    try:
+        deadline = time.monotonic() + 5
+        while cap.frames_read < 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert cap.running and cap.frames_read >= 6 and len(state["attempts"]) >= 2
+    finally:
+        assert cap.stop()

@@ -1,0 +1,244 @@
+"""The tray menu as data, its pystray wrapping on the dummy backend (never
+``run()`` there: it hangs), icons, dispatch, and the no-tray fallback."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import sys
+from concurrent.futures import Future
+from pathlib import Path
+
+import pytest
+
+from emojicam import tray
+from emojicam.engine import EngineStatus
+
+BASE = EngineStatus(
+    state="running",
+    mode="replace",
+    fps=29.7,
+    faces=2,
+    camera="ok",
+    camera_detail="",
+    sink="ok",
+    sink_detail="",
+    sink_kind="virtual",
+    device="/dev/video10",
+    readers=1,
+    dominant="happy",
+    mirror=False,
+    preview=False,
+    config_error=None,
+    frames_processed=100,
+    frames_sent=100,
+)
+
+
+def status(**changes) -> EngineStatus:
+    return dataclasses.replace(BASE, **changes)
+
+
+def flatten(entries) -> dict[str, tray.MenuEntry]:
+    out = {}
+    for e in entries:
+        out[e.text] = e
+        out.update(flatten(e.submenu))
+    return out
+
+
+def test_menu_is_a_pure_function_of_status() -> None:
+    assert tray.build_menu(status()) == tray.build_menu(status())
+    menu = flatten(tray.build_menu(status()))
+    assert {"Mode", "Pause", "Mirror", "Show preview", "Open config file", "Reload config", "Quit"} <= set(
+        menu
+    )
+    line = tray.build_menu(status())[0]
+    assert line.action is None and not line.enabled
+    assert "30 fps" in line.text and "2 face(s)" in line.text and "camera on" in line.text
+
+
+def test_mode_radio_follows_the_mode() -> None:
+    for mode in ("replace", "decorate", "label", "off"):
+        modes = flatten(tray.build_menu(status(mode=mode)))["Mode"].submenu
+        assert all(e.radio for e in modes)
+        assert [e.action for e in modes if e.checked] == [f"mode:{mode}"]
+
+
+def test_check_marks_and_lines_follow_state() -> None:
+    menu = flatten(
+        tray.build_menu(
+            status(state="paused", mirror=True, preview=True, camera="unavailable", config_error="mode: bad")
+        )
+    )
+    assert menu["Pause"].checked and menu["Mirror"].checked and menu["Show preview"].checked
+    assert "camera unavailable" in tray.build_menu(status(camera="unavailable"))[0].text
+    assert "Config edit not applied (see log)" in menu
+    assert not flatten(tray.build_menu(status(sink_kind="preview")))["Show preview"].enabled
+    sink_line = "Virtual camera unavailable (see 'emojicam doctor')"
+    assert sink_line in flatten(tray.build_menu(status(sink="unavailable")))
+    assert sink_line not in menu
+
+
+@pytest.mark.parametrize(
+    ("changes", "name"),
+    [
+        ({}, "happy"),
+        ({"dominant": None}, "neutral"),
+        ({"state": "paused"}, "paused"),
+        ({"state": "idle"}, "paused"),
+        ({"mode": "off"}, "paused"),
+        ({"dominant": "sad"}, "sad"),
+    ],
+)
+def test_icon_name(changes, name) -> None:
+    assert tray.icon_name(status(**changes)) == name
+
+
+def test_icon_images_from_pngs_or_drawn(tmp_path: Path) -> None:
+    tray.icon_image.cache_clear()
+    drawn = tray.icon_image("happy", 32, str(tmp_path))  # empty folder: drawn circle
+    assert drawn.size == (32, 32) and drawn.mode == "RGBA"
+    assert drawn.getpixel((16, 16))[:3] == (250, 200, 40) and drawn.getpixel((0, 0))[3] == 0
+    from emojicam import assets
+
+    if not (assets.emoji_dir() / "happy.png").exists():
+        pytest.skip("bundled emoji PNGs not generated yet")
+    real = tray.icon_image("happy", 32)
+    assert real.size == (32, 32) and real.mode == "RGBA" and real.getpixel((16, 16))[3] == 255
+
+
+class FakeEngine:
+    def __init__(self, st: EngineStatus) -> None:
+        self.st = st
+        self.calls: list[tuple] = []
+
+    def status(self) -> EngineStatus:
+        return self.st
+
+    def _rec(self, *call) -> Future:
+        self.calls.append(call)
+        fut: Future = Future()
+        fut.set_result(None)
+        return fut
+
+    def set_mode(self, m):
+        return self._rec("mode", m)
+
+    def pause(self):
+        return self._rec("pause")
+
+    def resume(self):
+        return self._rec("resume")
+
+    def set_mirror(self, on):
+        return self._rec("mirror", on)
+
+    def set_preview(self, on):
+        self.calls.append(("preview", on))
+
+    def reload(self):
+        return self._rec("reload")
+
+    def request_stop(self):
+        self.calls.append(("quit",))
+
+
+def test_dispatcher_toggles_from_current_state(tmp_path: Path) -> None:
+    opened: list[Path] = []
+    eng = FakeEngine(status())
+    d = tray.Dispatcher(eng, tmp_path / "cfg" / "config.yaml", opener=opened.append)
+    for action in ("mode:label", "pause", "mirror", "preview", "reload", "open-config", "quit"):
+        d(action)
+    eng.st = status(state="paused", mirror=True)
+    d("pause")
+    d("mirror")
+    assert eng.calls == [
+        ("mode", "label"),
+        ("pause",),
+        ("mirror", True),
+        ("preview", True),
+        ("reload",),
+        ("quit",),
+        ("resume",),
+        ("mirror", False),
+    ]
+    assert opened == [tmp_path / "cfg" / "config.yaml"] and "Your EmojiCam settings" in opened[0].read_text()
+    with pytest.raises(ValueError):
+        d("format-disk")
+
+
+def test_open_config_never_overwrites(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("mode: label\n")
+    tray.Dispatcher(FakeEngine(status()), path, opener=lambda p: None)("open-config")
+    assert path.read_text() == "mode: label\n"
+
+
+@pytest.fixture
+def dummy_pystray(monkeypatch):
+    monkeypatch.setenv("PYSTRAY_BACKEND", "dummy")
+    for name in [m for m in sys.modules if m == "pystray" or m.startswith("pystray.")]:
+        monkeypatch.delitem(sys.modules, name)
+    return importlib.import_module("pystray")
+
+
+def test_pystray_menu_reads_the_current_status(dummy_pystray) -> None:
+    eng = FakeEngine(status())
+    actions: list[str] = []
+    menu = tray.to_pystray(dummy_pystray, eng.status, actions.append)
+    items = list(menu)
+    texts = [i.text for i in items]
+    assert texts[0].startswith("Running") and "Quit" in texts and "Pause" in texts
+    mode_item = next(i for i in items if i.text == "Mode")
+    modes = list(mode_item.submenu)
+    assert [m.text for m in modes if m.checked] == ["Replace face"] and all(m.radio for m in modes)
+    next(m for m in modes if m.text == "Label")(None)  # click
+    next(i for i in items if i.text == "Quit")(None)
+    assert actions == ["mode:label", "quit"]
+    assert not items[0].enabled
+    pause = next(i for i in items if i.text == "Pause")
+    assert pause.default and pause.checked is False
+    menu(None)  # the default action (icon click on backends without a menu) = Pause
+    assert actions[-1] == "pause"
+
+    eng.st = status(mode="label", state="paused")  # the menu follows without rebuilding it
+    items = list(menu)
+    assert [m.text for m in next(i for i in items if i.text == "Mode").submenu if m.checked] == ["Label"]
+    assert next(i for i in items if i.text == "Pause").checked is True
+
+
+def test_dummy_icon_accepts_menu_and_image(dummy_pystray) -> None:
+    eng = FakeEngine(status())
+    icon = dummy_pystray.Icon(
+        "emojicam",
+        icon=tray.icon_image("happy"),
+        title="EmojiCam",
+        menu=tray.to_pystray(dummy_pystray, eng.status, lambda a: None),
+    )
+    assert icon.HAS_MENU and len(list(icon.menu)) >= 8
+    updater = tray._IconUpdater(icon, eng, 4.0)
+    updater.tick()  # sets icon, title; update_menu is not implemented by the dummy: tolerated
+    assert icon.title.startswith("EmojiCam: running") and updater._name == "happy"
+    eng.st = status(state="paused")
+    updater.tick()
+    assert updater._name == "paused"
+
+
+def test_no_tray_backend_explains_and_returns_false(monkeypatch, caplog) -> None:
+    monkeypatch.setitem(sys.modules, "pystray", None)  # import fails
+    monkeypatch.setenv("DISPLAY", ":0")
+    monkeypatch.setenv("XDG_CURRENT_DESKTOP", "ubuntu:GNOME")
+    with caplog.at_level(logging.WARNING):
+        assert tray.run_tray(FakeEngine(status())) is False
+    text = caplog.text
+    assert "AppIndicator extension" in text and "ayatanaappindicator" in text and "emojicam ctl" in text
+
+
+def test_explain_without_display(monkeypatch) -> None:
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    if not sys.platform.startswith("linux"):
+        pytest.skip("Linux message")
+    assert "--no-tray" in tray.explain_failure(RuntimeError("Bad display name"))
