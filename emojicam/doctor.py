@@ -213,7 +213,34 @@ def check_assets(config: Any) -> list[Check]:
             )
         )
     checks.append(check_emoji_folder(Path(config.emoji.folder) if config.emoji.folder else None))
+    checks.append(check_face_detector(config.detector.backend))
     return checks
+
+
+def check_face_detector(backend: str, model_path: Path | None = None) -> Check:
+    """The BlazeFace model is installed (without it replace mode relies on the
+    Haar detector, which misses turned faces: the mask would slip)."""
+    if backend == "haar":
+        return Check("face detector", "warn", "detector.backend is haar: slower, and it misses turned faces "
+                     "(in replace mode those faces show)", "set detector.backend: auto, then run "
+                     "'emojicam models install'")
+    from emojicam.blazeface import find_blazeface_model
+    from emojicam.errors import SetupError
+
+    path = model_path or find_blazeface_model()
+    if path is None or not Path(path).is_file():
+        return Check("face detector", "fail",
+                     "the BlazeFace model is not installed, so EmojiCam falls back to the Haar "
+                     "detector, which misses turned faces (in replace mode those faces show)",
+                     "emojicam models install")
+    try:
+        from emojicam.blazeface import BlazeFaceDetector
+        from emojicam.config import DetectorConfig
+
+        BlazeFaceDetector.create(DetectorConfig(), model_path=Path(path))
+    except (SetupError, ValueError) as exc:
+        return Check("face detector", "fail", str(exc), "emojicam models install --force")
+    return Check("face detector", "ok", f"BlazeFace model loads ({path})")
 
 
 def check_emoji_folder(folder: Path | None) -> Check:

@@ -217,3 +217,16 @@ def test_real_probes_return_checks(probe_name: str) -> None:
     result = doctor.probe_tray() if probe_name == "probe_tray" else doctor.check_assets(Config())
     checks = result if isinstance(result, list) else [result]
     assert checks and all(c.status in ("ok", "warn", "fail", "skip") for c in checks)
+
+
+def test_face_detector_check_states(tmp_path):
+    from emojicam.doctor import check_face_detector
+
+    missing = check_face_detector("auto", model_path=tmp_path / "none.tflite")
+    assert missing.status == "fail" and missing.fix == "emojicam models install"
+    broken = tmp_path / "broken.tflite"
+    broken.write_bytes(b"not a model")
+    bad = check_face_detector("auto", model_path=broken)
+    assert bad.status == "fail" and "--force" in bad.fix
+    haar = check_face_detector("haar")
+    assert haar.status == "warn" and "misses turned faces" in haar.detail
