@@ -185,6 +185,7 @@ class Engine:
         self._camera_detail = ""
         self._sink_state = "closed"
         self._sink_detail = ""
+        self._sink_error_reported: str | None = None
         self._device: str | None = None
         self._readers: int | None = None
         self._sink_tried = False  # the sender has tried to open the sink at least once
@@ -555,13 +556,21 @@ class Engine:
 
     def report_sink(self, state: str, detail: str = "", device: str | None = None) -> None:
         with self._lock:
-            changed = (state, detail) != (self._sink_state, self._sink_detail)
             self._sink_state, self._sink_detail = state, detail
             if device is not None:
                 self._device = device
-        if changed and state == "unavailable":
+            # Retries go "opening" -> "unavailable" each time: report a problem
+            # once, and again only when it changes or after the sink worked.
+            new_problem = state == "unavailable" and detail != self._sink_error_reported
+            if state == "unavailable":
+                self._sink_error_reported = detail
+            elif state == "ok":
+                self._sink_error_reported = None
+        if new_problem:
             log.error("%s", detail)
             self._emit("sink", detail)
+        elif state == "unavailable":
+            log.debug("still unavailable: %s", detail)
 
     def sink_tried(self) -> None:
         with self._lock:

@@ -512,3 +512,21 @@ def test_show_preview_opens_and_closes_a_second_sink(running, recorder, tmp_path
     n = len(shown)
     time.sleep(0.2)
     assert len(shown) == n and recorder.instances[0].count > n  # the camera kept going
+
+
+def test_missing_device_is_reported_once_while_retrying(running, tmp_path: Path, caplog) -> None:
+    sysfs = make_sysfs_tree(tmp_path / "sys-none", [(0, "Integrated Camera", False)])
+    attempts = []
+
+    def missing(cfg: Config) -> sinks.Sink:
+        sink = sinks.VirtualCameraSink(cfg.sink, (cfg.camera.width, cfg.camera.height), system="Linux",
+                                       sysfs_root=sysfs, dev_root=tmp_path, pyvirtualcam_backend=BACKEND)
+        real_open = sink.open
+        sink.open = lambda: attempts.append(1) or real_open()  # type: ignore[method-assign]
+        return sink
+
+    with caplog.at_level("DEBUG", logger="emojicam.engine"):
+        running(deps=make_deps(tmp_path, make_sink=missing))
+        wait_for(lambda: len(attempts) >= 3, timeout_s=15)
+    errors = [r for r in caplog.records if r.levelname == "ERROR" and "no video device" in r.message]
+    assert len(errors) == 1, [r.message for r in errors]
