@@ -47,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=Path, default=Path("models"))
     p.add_argument("--weights", default="best.weights.h5")
+    p.add_argument("--representative-images", type=int, default=1000,
+                   help="training images used to calibrate int8 ranges")
+    p.add_argument("--min-agreement", type=float, default=0.99,
+                   help="parity gate: int8/float top-1 agreement on PrivateTest needed to write the "
+                   "model (default 0.99; lower only with a reason recorded in the model card)")
 
     p = sub.add_parser("eval", help="accuracy, per-class recall, confusion matrix of a .tflite")
     p.add_argument("--model", type=Path, default=Path("models/emotion.tflite"))
@@ -78,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "export":
         from train.export import export
 
-        export(_run_dir(args.run), args.data, args.out, weights=args.weights)
+        export(_run_dir(args.run), args.data, args.out, weights=args.weights,
+               representative_images=args.representative_images, min_agreement=args.min_agreement)
     elif args.cmd == "eval":
         from train.evaluate import evaluate
 

@@ -55,6 +55,24 @@ def convert_int8(model, representative: np.ndarray) -> bytes:
     return converter.convert()
 
 
+def _near_tie_report(model, split, tflite_path: Path) -> dict:
+    """Where int8 and float disagree: how close the float model's top two
+    classes were (the uint8 output has a resolution of 1/256)."""
+    x = split.images[..., None].astype(np.float32)
+    p_float = model.predict(x, batch_size=256, verbose=0)
+    p_int8 = tflite_predict(tflite_path, x)
+    top2 = np.sort(p_float, axis=1)[:, -2:]
+    gap = top2[:, 1] - top2[:, 0]
+    differ = p_float.argmax(1) != p_int8.argmax(1)
+    q = np.sort(p_int8, axis=1)
+    return {
+        "disagreements": int(differ.sum()),
+        "float_top2_gap_median_of_disagreements": float(np.median(gap[differ])) if differ.any() else 0.0,
+        "disagreements_that_are_exact_int8_ties": int((differ & (q[:, -1] == q[:, -2])).sum()),
+        "images_with_float_top2_gap_below_0.01": float(np.mean(gap < 0.01)),
+    }
+
+
 def tflite_predict(model_path: Path, x: np.ndarray, batch: int = 256) -> np.ndarray:
     from emojicam.classify import TFLiteClassifier
 
@@ -62,12 +80,16 @@ def tflite_predict(model_path: Path, x: np.ndarray, batch: int = 256) -> np.ndar
     return np.concatenate([clf.predict(x[i : i + batch]) for i in range(0, len(x), batch)])
 
 
-def export(run_dir: Path, data: Path, out_dir: Path, weights: str = "best.weights.h5") -> dict:
+def export(run_dir: Path, data: Path, out_dir: Path, weights: str = "best.weights.h5",
+           representative_images: int = REPRESENTATIVE_IMAGES,
+           min_agreement: float = MIN_AGREEMENT) -> dict:
     model = load_float_model(run_dir, weights)
     train = load_fer(data, "train")
     rng = np.random.default_rng(0)
-    pick = rng.choice(len(train.images), REPRESENTATIVE_IMAGES, replace=False)
+    pick = rng.choice(len(train.images), representative_images, replace=False)
     rep = train.images[pick][..., None].astype(np.float32)
+    # Half of them mirrored: the exported graph sees every face both ways.
+    rep[1::2] = rep[1::2, :, ::-1]
     tflite = convert_int8(model, rep)
 
     private = load_fer(data, "private")
@@ -88,16 +110,22 @@ def export(run_dir: Path, data: Path, out_dir: Path, weights: str = "best.weight
             }
         log.info("export report: %s", json.dumps(report, indent=2))
         agreement = report["private"]["top1_agreement"]
-        if agreement < MIN_AGREEMENT:
+        report["near_ties"] = _near_tie_report(model, private, tmp_model)
+        if agreement < min_agreement:
             raise SystemExit(
                 f"parity check failed: int8 agrees with float on {agreement:.2%} of PrivateTest "
-                f"(need {MIN_AGREEMENT:.0%}); nothing written"
+                f"(need {min_agreement:.1%}); nothing written"
             )
+        if agreement < MIN_AGREEMENT:
+            log.warning("int8 agrees with float on %.2f%% of PrivateTest, under the %.0f%% target "
+                        "(accepted by --min-agreement %.3f)", 100 * agreement, 100 * MIN_AGREEMENT,
+                        min_agreement)
         out_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy(tmp_model, out_dir / "emotion.tflite")
         shutil.copy(tmp_model.with_suffix(".labels.txt"), out_dir / "emotion.labels.txt")
     report["run"] = run_dir.name
     report["weights"] = weights
+    report["representative_images"] = representative_images
     (out_dir / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return report
