@@ -465,3 +465,15 @@ def daemon_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env.pop("WAYLAND_DISPLAY", None)
     env.update(extra)
     return env
+
+
+def wait_for(predicate, timeout_s: float = 4.0, poll_s: float = 0.02) -> float:
+    """Seconds until ``predicate()`` held; fails the test on timeout."""
+    import time
+
+    t0 = time.monotonic()
+    while not predicate():
+        if time.monotonic() - t0 > timeout_s:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        time.sleep(poll_s)
+    return time.monotonic() - t0

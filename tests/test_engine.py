@@ -27,6 +27,7 @@ from tests.factories import (  # noqa: E402
     make_box,
     make_fake_pipeline,
     make_sysfs_tree,
+    wait_for,
     write_test_video,
 )
 
@@ -44,16 +45,6 @@ def _recording_backend(recorder):
 @pytest.fixture
 def video(tmp_path: Path) -> Path:
     return write_test_video(tmp_path / "clip.avi", n_frames=30, size_wh=SIZE_WH, value=BACKGROUND)
-
-
-def wait_for(predicate, timeout_s: float = 3.0, poll_s: float = 0.02) -> float:
-    """Seconds until ``predicate()`` held; fails the test on timeout."""
-    t0 = time.monotonic()
-    while not predicate():
-        if time.monotonic() - t0 > timeout_s:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        time.sleep(poll_s)
-    return time.monotonic() - t0
 
 
 def base_config(source: str | int, fps: float = 20.0, **sink: object) -> Config:

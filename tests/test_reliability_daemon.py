@@ -38,21 +38,19 @@ import pytest
 from emojicam import control, engine
 from emojicam.config import CameraConfig, Config, SinkConfig, load_config
 from emojicam.sources import SourceError
-from tests.factories import make_box, make_fake_pipeline, paste_face, selfie_face_patch, write_test_video
+from tests.factories import (
+    make_box,
+    make_fake_pipeline,
+    paste_face,
+    selfie_face_patch,
+    wait_for,
+    write_test_video,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE_WH = (320, 240)
 BOX = make_box(110, 60, 100, 100)
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Unix sockets, /proc: Linux")
-
-
-def wait_for(predicate: Callable[[], object], timeout_s: float = 4.0, poll_s: float = 0.02) -> float:
-    t0 = time.monotonic()
-    while not predicate():
-        if time.monotonic() - t0 > timeout_s:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        time.sleep(poll_s)
-    return time.monotonic() - t0
 
 
 class RecordingSink:
