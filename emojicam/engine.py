@@ -40,7 +40,7 @@ import numpy as np
 
 from emojicam.config import MODES, Config
 from emojicam.live_config import LiveConfig
-from emojicam.pipeline import Pipeline
+from emojicam.pipeline import Pipeline, unvouched_frame
 from emojicam.sender import Sender
 from emojicam.sinks import Sink
 from emojicam.sources import (
@@ -137,16 +137,6 @@ def default_deps(**overrides: Any) -> EngineDeps:
     )
     base.update(overrides)
     return EngineDeps(**base)
-
-
-def privacy_fallback(image_bgr: np.ndarray, config: Config) -> np.ndarray:
-    """What to show when the pipeline failed on a frame: in replace mode with
-    privacy on, never the raw face (``compose.privacy_cover``); else the frame."""
-    if config.mode != "replace" or not config.privacy.enabled:
-        return image_bgr
-    from emojicam.compose import privacy_cover
-
-    return privacy_cover(image_bgr, config.privacy.action)
 
 
 class Engine:
@@ -510,7 +500,8 @@ class Engine:
                     "blurred" if cfg.mode == "replace" and cfg.privacy.enabled else "unchanged",
                     exc_info=log.isEnabledFor(logging.DEBUG),
                 )
-            image = privacy_fallback(frame.image_bgr, cfg)
+            action = cfg.privacy.action if cfg.privacy.enabled else None
+            image = unvouched_frame(frame.image_bgr, cfg.mode, action)
         now = self._clock()
         self._output.put(image)
         largest = max(results, key=lambda r: r.box.area, default=None)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import cv2
 import numpy as np
 
 from emojicam.config import Config
@@ -25,11 +26,20 @@ from emojicam.types import Emotion, EmotionScores, FaceBox, FaceResult, Frame
 log = logging.getLogger(__name__)
 
 
+def unvouched_frame(image_bgr: np.ndarray, mode: str, privacy_action: str | None) -> np.ndarray:
+    """What to show for a frame the pipeline could not process: in replace
+    mode with privacy on (``privacy_action`` set), the frame made
+    unrecognisable; otherwise a copy of it."""
+    if mode == "replace" and privacy_action is not None:
+        from emojicam.compose import privacy_cover
+
+        return privacy_cover(image_bgr, privacy_action)
+    return image_bgr.copy()
+
+
 def as_bgr(image: np.ndarray) -> np.ndarray | None:
     """The image as HxWx3 uint8 BGR (gray and BGRA converted), the same
     object when it already is; None when it is empty or not an image."""
-    import cv2
-
     if not isinstance(image, np.ndarray) or image.size == 0 or image.ndim not in (2, 3):
         return None
     if image.dtype != np.uint8:
@@ -187,11 +197,7 @@ class Pipeline:
         except Exception as exc:  # noqa: BLE001 - one frame must never take the daemon down
             self._warn_once(type(exc).__name__, f"frame {frame.index} failed: {exc!r}")
             self.failed_frames += 1
-            if self.mode == "replace" and self.privacy_action is not None:
-                from emojicam.compose import privacy_cover
-
-                return privacy_cover(image, self.privacy_action), []
-            return image.copy(), []
+            return unvouched_frame(image, self.mode, self.privacy_action), []
 
     def _sync_detector_privacy(self) -> None:
         """Tell a privacy-aware detector whether the mask must never slip

@@ -34,21 +34,13 @@ import pytest
 
 from emojicam import control, engine
 from emojicam.config import CameraConfig, Config, SinkConfig, load_config
-from tests.factories import make_fake_pipeline, make_scene, network_sockets, write_test_video
+from tests.factories import make_fake_pipeline, make_scene, network_sockets, wait_for, write_test_video
 
 REPO = Path(__file__).resolve().parents[1]
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Unix sockets and /proc: Linux")
 INET = {socket.AF_INET, socket.AF_INET6}
 MEDIA_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".mp4", ".avi", ".mkv", ".mov",
                   ".yuv", ".raw", ".npy", ".npz"}
-
-
-def wait_for(predicate, timeout_s: float = 5.0, poll_s: float = 0.02) -> None:
-    t0 = time.monotonic()
-    while not predicate():
-        if time.monotonic() - t0 > timeout_s:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        time.sleep(poll_s)
 
 
 class NetworkGuard:
@@ -246,7 +238,7 @@ ODD_REQUESTS = {
 def test_odd_requests_are_refused_and_change_nothing(served, tmp_path, name):
     eng, serve = served
     server = serve(tmp_path / "rt" / "control.sock")
-    wait_for(lambda: eng.status().state == "running")
+    wait_for(lambda: eng.status().state == "running", timeout_s=5)
     before = eng.status()
     reply = _exchange(server.path, [ODD_REQUESTS[name]], half_close=name.startswith("no-newline"))
     import json
