@@ -7,6 +7,11 @@ plain ``pip install .`` works from any working directory.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from platformdirs import PlatformDirs
+
 from pathlib import Path
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -33,3 +38,14 @@ def models_dir() -> Path:
 
 def emoji_dir() -> Path:
     return asset_path("emoji_pngs")
+
+
+def user_dirs() -> PlatformDirs:
+    """The user's folders for EmojiCam (config, data, state, logs, runtime).
+
+    ``appauthor=False``: on Windows ``%LOCALAPPDATA%\\emojicam``, not platformdirs'
+    default ``%LOCALAPPDATA%\\emojicam\\emojicam`` (it repeats the app name as the
+    author's folder)."""
+    from platformdirs import PlatformDirs
+
+    return PlatformDirs("emojicam", appauthor=False)

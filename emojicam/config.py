@@ -149,9 +149,9 @@ def default_config_path() -> Path:
 
 def user_config_path() -> Path:
     """The user's override file, e.g. ``~/.config/emojicam/config.yaml``."""
-    from platformdirs import user_config_path as _ucp
+    from emojicam.assets import user_dirs
 
-    return _ucp("emojicam") / "config.yaml"
+    return user_dirs().user_config_path / "config.yaml"
 
 
 # ---------------------------------------------------------------- loading

@@ -18,11 +18,11 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 
 def log_dir() -> Path:
-    from platformdirs import user_log_path, user_state_path
+    from emojicam.assets import user_dirs
 
     if sys.platform.startswith("linux"):
-        return user_state_path("emojicam") / "log"
-    return user_log_path("emojicam")
+        return user_dirs().user_state_path / "log"
+    return user_dirs().user_log_path
 
 
 def setup_logging(

@@ -69,9 +69,9 @@ Downloader = Callable[[Path], Path]
 
 def user_models_dir() -> Path:
     """``~/.local/share/emojicam/models`` on Linux (platform equivalents elsewhere)."""
-    from platformdirs import user_data_path
+    from emojicam.assets import user_dirs
 
-    return user_data_path("emojicam") / "models"
+    return user_dirs().user_data_path / "models"
 
 
 def sha256_of(path: Path) -> str:

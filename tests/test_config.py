@@ -149,3 +149,28 @@ def test_yaml_words_off_and_null_mean_the_words(tmp_path):
     assert (loaded.mode, loaded.sink.kind) == ("off", "null")
     with pytest.raises(ConfigError, match="camera.mirror: expected true or false"):
         from_dict({"camera": {"mirror": None}}, "f.yaml")
+
+
+def test_user_folders_on_windows_are_not_doubled(monkeypatch):
+    """platformdirs repeats the app name as the author's folder on Windows
+    unless told not to; the README promises %LOCALAPPDATA%\\emojicam\\config.yaml."""
+    import platformdirs
+    import platformdirs.windows
+
+    from emojicam import control, logs, models_install
+
+    monkeypatch.setattr(platformdirs.windows, "get_win_folder", lambda csidl: "LOCALAPPDATA")
+    monkeypatch.setattr(platformdirs, "PlatformDirs", platformdirs.windows.Windows)
+    monkeypatch.setattr(logs.sys, "platform", "win32")
+    found = {
+        "config": cfgmod.user_config_path(),
+        "models": models_install.user_models_dir(),
+        "logs": logs.log_dir(),
+        "runtime": control.runtime_dir(),
+    }
+    assert {k: p.as_posix() for k, p in found.items()} == {
+        "config": "LOCALAPPDATA/emojicam/config.yaml",
+        "models": "LOCALAPPDATA/emojicam/models",
+        "logs": "LOCALAPPDATA/emojicam/Logs",
+        "runtime": "LOCALAPPDATA/Temp/emojicam",
+    }
