@@ -183,9 +183,8 @@ def cmd_run(
         except EmojiCamError as exc:
             print(f"emojicam: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        server = control.ControlServer(
-            control.engine_handler(eng),
-            socket_file or control.socket_path(lock.folder if lock_folder else None),
+        server = control.platform_server(
+            control.engine_handler(eng), folder=lock.folder if lock_folder else None, socket_file=socket_file
         )
         try:
             server.start()

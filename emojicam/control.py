@@ -1,11 +1,25 @@
-"""The local control channel: one JSON object per line over a Unix socket.
+r"""The local control channel: one JSON request, one JSON reply.
 
-The socket lives in the user's runtime folder (``$XDG_RUNTIME_DIR/emojicam``
-on Linux), is created with mode 0600 (bound under a 0177 umask, so it is
-never world-accessible, not even for an instant), and on Linux each peer's
-uid is checked with ``SO_PEERCRED``. Requests larger than
-``MAX_REQUEST_BYTES``, malformed JSON, unknown commands and bad arguments
-are answered with ``{"ok": false, "error": ...}`` and never reach the engine.
+Two transports share everything but the wire: the request validation
+(``validate``, ``decode_request``, ``MAX_REQUEST_BYTES``), ``answer`` (raw
+bytes to a reply), the ``engine_handler`` and ``parse_reply``.
+``platform_server`` and ``send_request`` pick this platform's transport, so
+the daemon, ``emojicam ctl`` and ``emojicam doctor`` never care which it is.
+
+Unix (Linux, macOS): one JSON object per line over a Unix socket in the
+user's runtime folder (``$XDG_RUNTIME_DIR/emojicam`` on Linux), created with
+mode 0600 (bound under a 0177 umask, so it is never world-accessible, not
+even for an instant); on Linux each peer's uid is checked with
+``SO_PEERCRED``.
+
+Windows: one JSON object per message over the named pipe
+``\\.\pipe\emojicam-<user>``, guarded by a random key that each daemon start
+writes into the user's runtime folder; only a client that can read that file
+gets in (``emojicam.control_pipe``).
+
+On both, requests larger than ``MAX_REQUEST_BYTES``, malformed JSON, unknown
+commands and bad arguments are answered with ``{"ok": false, "error": ...}``
+and never reach the engine.
 
 Requests and answers::
 
@@ -14,11 +28,8 @@ Requests and answers::
     {"cmd": "pause"} / {"cmd": "resume"} / {"cmd": "reload"} / {"cmd": "quit"}
     {"cmd": "mirror", "on": true} / {"cmd": "preview", "on": false}
 
-Single instance: ``InstanceLock`` holds a ``filelock`` lock in the same
+Single instance: ``InstanceLock`` holds a ``filelock`` lock in the runtime
 folder; a second daemon fails to take it and says which pid runs.
-
-Windows: a named-pipe transport is not implemented yet; there ``ctl`` says
-so and the tray menu is the way to control the daemon.
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from emojicam.config import MODES
 from emojicam.errors import EmojiCamError
@@ -62,17 +73,30 @@ class ControlError(EmojiCamError):
     """The daemon refused a request or the channel is unusable."""
 
 
+class ChannelServer(Protocol):
+    """What the daemon needs of a control server, whatever its transport."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def uses_named_pipe() -> bool:
+    """Windows has no Unix sockets in Python; it gets the named pipe."""
+    return sys.platform == "win32"
+
+
 def runtime_dir() -> Path:
     """``$XDG_RUNTIME_DIR/emojicam`` on Linux; without XDG_RUNTIME_DIR,
     platformdirs' fallback (``/tmp/runtime-$UID/emojicam``), which
     ``_ensure_private_dir`` checks is ours."""
     import warnings
 
-    from platformdirs import user_runtime_path
+    from emojicam.assets import user_dirs
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fallback warning; we check the folder ourselves
-        return user_runtime_path("emojicam")
+        return user_dirs().user_runtime_path
 
 
 def socket_path(folder: Path | None = None) -> Path:
@@ -112,9 +136,12 @@ def validate(request: Any) -> dict[str, Any]:
     return request
 
 
+TOO_LONG = f"request too long (more than {MAX_REQUEST_BYTES} bytes)"
+
+
 def decode_request(line: bytes) -> dict[str, Any]:
     if len(line) > MAX_REQUEST_BYTES:
-        raise ValueError(f"request too long (more than {MAX_REQUEST_BYTES} bytes)")
+        raise ValueError(TOO_LONG)
     try:
         data = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
@@ -122,7 +149,71 @@ def decode_request(line: bytes) -> dict[str, Any]:
     return validate(data)
 
 
-# ---------------------------------------------------------------- server
+def answer(raw: bytes, handler: Handler) -> dict[str, Any]:
+    """The reply to one raw request, for every transport: bad input is
+    answered here and never reaches ``handler``; a handler that raises is
+    reported, never crashes the channel."""
+    raw = raw.strip()
+    if not raw:
+        return {"ok": False, "error": "empty request"}
+    try:
+        request = decode_request(raw)
+    except ValueError as exc:
+        return {"ok": False, "error": str(exc)}
+    try:
+        return handler(request)
+    except Exception as exc:  # noqa: BLE001 - the channel reports, never crashes
+        log.exception("control command %s failed", request.get("cmd"))
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def parse_reply(buf: bytes) -> dict[str, Any]:
+    """The daemon's reply as a dict; raises ``ControlError`` when unreadable."""
+    if not buf:
+        raise ControlError("EmojiCam closed the connection without answering")
+    try:
+        reply = json.loads(buf.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ControlError(f"unreadable reply: {exc}") from exc
+    if not isinstance(reply, dict):
+        raise ControlError("unreadable reply: not a JSON object")
+    return reply
+
+
+# ---------------------------------------------------------------- this platform's transport
+
+
+def platform_server(
+    handler: Handler, folder: Path | None = None, socket_file: Path | None = None
+) -> ChannelServer:
+    """The control server for this platform, not started yet: the Unix
+    socket ``socket_file`` (default ``control.sock`` in ``folder``, default
+    the runtime folder), or on Windows the named pipe with its key file in
+    ``folder``."""
+    if uses_named_pipe():
+        from emojicam import control_pipe
+
+        return control_pipe.PipeControlServer(handler, key_file=control_pipe.key_path(folder))
+    return ControlServer(handler, socket_file or socket_path(folder))
+
+
+def send_request(request: dict[str, Any], path: Path | None = None, timeout_s: float = 5.0) -> dict[str, Any]:
+    """Send one request to the daemon over this platform's channel and return
+    the reply; raises ``NotRunning`` when no daemon listens, ``ControlError``
+    when the channel fails. ``path`` names a Unix socket (tests); Windows
+    has none and always uses the user's named pipe."""
+    if uses_named_pipe():
+        if path is not None:
+            raise ValueError(
+                "a socket path needs Unix sockets; on Windows the control channel is a named pipe"
+            )
+        from emojicam import control_pipe
+
+        return control_pipe.send_pipe_request(request, timeout_s=timeout_s)
+    return send_socket_request(request, path, timeout_s)
+
+
+# ---------------------------------------------------------------- Unix socket server
 
 
 def _peer_uid(sock: socket.socket) -> int | None:
@@ -144,22 +235,9 @@ class _RequestHandler(socketserver.StreamRequestHandler):
                 return
             line = self.rfile.readline(MAX_REQUEST_BYTES + 1)
             if len(line) > MAX_REQUEST_BYTES:
-                self._reply({"ok": False, "error": f"request too long (more than {MAX_REQUEST_BYTES} bytes)"})
+                self._reply({"ok": False, "error": TOO_LONG})
                 return
-            if not line.strip():
-                self._reply({"ok": False, "error": "empty request"})
-                return
-            try:
-                request = decode_request(line.strip())
-            except ValueError as exc:
-                self._reply({"ok": False, "error": str(exc)})
-                return
-            try:
-                reply = self.server.handler(request)
-            except Exception as exc:  # noqa: BLE001 - the channel reports, never crashes
-                log.exception("control command %s failed", request.get("cmd"))
-                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-            self._reply(reply)
+            self._reply(answer(line, self.server.handler))
         except (TimeoutError, OSError) as exc:
             log.debug("control connection dropped: %s", exc)
 
@@ -191,8 +269,8 @@ class ControlServer:
     def start(self) -> None:
         if not hasattr(socket, "AF_UNIX"):
             raise ControlError(
-                "the control channel is not implemented on this platform yet (Windows "
-                "needs a named pipe); use the tray menu"
+                "Unix sockets are not available on this platform; "
+                "platform_server() picks the named pipe there"
             )
         _ensure_private_dir(self.path.parent)
         if self.path.exists() or self.path.is_symlink():
@@ -222,15 +300,17 @@ class ControlServer:
             self.path.unlink()
 
 
-# ---------------------------------------------------------------- client
+# ---------------------------------------------------------------- Unix socket client
 
 
-def send_request(request: dict[str, Any], path: Path | None = None, timeout_s: float = 5.0) -> dict[str, Any]:
-    """Send one request, return the reply; raises ``NotRunning`` when no
-    daemon listens."""
+def send_socket_request(
+    request: dict[str, Any], path: Path | None = None, timeout_s: float = 5.0
+) -> dict[str, Any]:
+    """Send one request over the Unix socket, return the reply; raises
+    ``NotRunning`` when no daemon listens."""
     path = path or socket_path()
     if not hasattr(socket, "AF_UNIX"):
-        raise ControlError("'emojicam ctl' is not implemented on Windows yet; use the tray menu")
+        raise ControlError("Unix sockets are not available on this platform; use send_request()")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout_s)
     try:
@@ -262,15 +342,7 @@ def send_request(request: dict[str, Any], path: Path | None = None, timeout_s: f
         raise ControlError(f"EmojiCam did not answer within {timeout_s:g} s") from exc
     finally:
         sock.close()
-    if not buf:
-        raise ControlError("EmojiCam closed the connection without answering")
-    try:
-        reply = json.loads(buf.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ControlError(f"unreadable reply: {exc}") from exc
-    if not isinstance(reply, dict):
-        raise ControlError("unreadable reply: not a JSON object")
-    return reply
+    return parse_reply(bytes(buf))
 
 
 # ---------------------------------------------------------------- engine adapter
