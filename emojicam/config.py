@@ -67,7 +67,7 @@ class DetectorConfig:
 class ClassifierConfig:
     model: str | None = None  # None: the bundled models/emotion.tflite
     threads: int = _num(1, 1, 64)
-    every_n_frames: int = _num(1, 1, 60)
+    every_n_frames: int = _num(3, 1, 60)  # each face is classified on its first frame, then every Nth
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,7 @@ class Pipeline:
     _frames_seen: int = 0
     _warned: set[str] = field(default_factory=set)
     _detector_strict: bool | None = None
+    _last_classified: dict[int, int] = field(default_factory=dict)  # track id -> frame number
 
     def analyse(self, frame: Frame) -> list[FaceResult]:
         """Detect, track, classify and smooth; no drawing."""
@@ -148,7 +149,7 @@ class Pipeline:
         image = frame.image_bgr
         self._sync_detector_privacy()
         run_detector = self._frames_seen % self.detect_every_n == 0
-        classify_now = self._frames_seen % self.classify_every_n == 0
+        frame_no = self._frames_seen
         self._frames_seen += 1
 
         t0 = clock()
@@ -156,9 +157,10 @@ class Pipeline:
         t1 = clock()
         tracks = self.tracker.update(boxes, frame.timestamp_s)
         t2 = clock()
-        to_classify = [t for t in tracks if t.missed_frames == 0 and classify_now]
+        to_classify = self._due_for_classification(tracks, frame_no)
         raw_list = self.classifier.classify(image, [t.box for t in to_classify]) if to_classify else []
         raw_by_id = {t.track_id: s for t, s in zip(to_classify, raw_list, strict=False)}
+        self._classified(to_classify, tracks, frame_no)
         t3 = clock()
         results = []
         for track in tracks:
@@ -171,6 +173,31 @@ class Pipeline:
         t4 = clock()
         self.times = StageTimes(t1 - t0, t2 - t1, t3 - t2, t4 - t3, 0.0)
         return results
+
+    def _due_for_classification(self, tracks: Sequence[Track], frame_no: int) -> list[Track]:
+        """The tracks to classify on this frame: each face the detector saw on
+        this frame, on its first frame and then every ``classify_every_n``
+        frames (the smoother is time-based, so sparser scores need no other
+        change). Faces that appear together are spread over different frames,
+        so a group does not make every Nth frame slow."""
+        due = []
+        for track in tracks:
+            last = self._last_classified.get(track.track_id)
+            if track.missed_frames == 0 and (last is None or frame_no - last >= self.classify_every_n):
+                due.append(track)
+        return due
+
+    def _classified(self, done: Sequence[Track], tracks: Sequence[Track], frame_no: int) -> None:
+        """Record the faces just classified (a classifier that raised records
+        nothing, so they are tried again next frame) and forget faces that are gone."""
+        every_n = self.classify_every_n
+        for track in done:
+            # First look: pretend it happened (id mod N) frames ago, which staggers newcomers.
+            offset = track.track_id % every_n if track.track_id not in self._last_classified else 0
+            self._last_classified[track.track_id] = frame_no - offset
+        alive = {t.track_id for t in tracks}
+        for gone in [tid for tid in self._last_classified if tid not in alive]:
+            del self._last_classified[gone]
 
     def process(self, frame: Frame) -> tuple[np.ndarray, list[FaceResult]]:
         """Run every stage on one frame; return the composed BGR image and results.

@@ -78,12 +78,49 @@ def test_track_ids_stable_across_frames():
 
 
 def test_detect_and_classify_every_n():
-    p = make_pipeline(detect_every_n=3, classify_every_n=2)
-    for i in range(6):
+    p = make_pipeline(detect_every_n=3, classify_every_n=3)
+    for i in range(9):
         _, results = p.process(make_frame(index=i))
         assert len(results) == 1
-    assert p.detector.calls == 2
-    assert p.classifier.batches == [1, 1, 1]
+    assert p.detector.calls == 3
+    assert p.classifier.batches == [1, 1, 1, 1]  # frames 0, 2, 5, 8: first sight, then every 3rd
+
+
+def test_classification_is_per_face_and_spread_over_frames():
+    p = make_pipeline([make_box(10, 10, 50, 50), make_box(200, 100, 80, 80)], classify_every_n=2)
+    p.process(make_frame(index=0))
+    assert p.classifier.batches == [2]  # both new faces are classified on their first frame
+    for i in range(1, 7):
+        p.process(make_frame(index=i))
+    assert p.classifier.batches == [2] + [1] * 6  # then one face per frame, each every 2nd frame
+    p.detector.boxes = p.detector.boxes + [make_box(400, 200, 60, 60)]
+    p.process(make_frame(index=7))
+    assert p.classifier.batches[-1] == 2  # a newcomer does not wait for its turn
+
+
+def test_face_whose_classification_failed_is_tried_again_next_frame():
+    p = make_pipeline(classify_every_n=3)
+    real = p.classifier.classify
+    calls = []
+
+    def flaky(image, boxes):
+        calls.append(len(boxes))
+        if len(calls) == 1:
+            raise RuntimeError("injected")
+        return real(image, boxes)
+
+    p.classifier.classify = flaky
+    p.process(make_frame(index=0))  # fails: the frame is covered, nothing is recorded
+    _, results = p.process(make_frame(index=1))
+    assert calls == [1, 1] and results[0].raw is not None
+
+
+def test_face_not_seen_on_this_frame_is_not_classified():
+    p = make_pipeline(classify_every_n=1)
+    p.process(make_frame(index=0))
+    p.detector.boxes = []
+    p.process(make_frame(index=1))  # held by the tracker, but the crop would be stale
+    assert p.classifier.batches == [1]
 
 
 def test_off_mode_skips_analysis():
