@@ -30,14 +30,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from emojicam.config import MODES, EmojiConfig, PrivacyConfig
-from emojicam.emoji import MAX_CACHED_SIDE_PX, EmojiSet, Sprite, quantise_angle, rotated_side_px
+from emojicam.emoji import (
+    ANGLE_STEP_DEG,
+    MAX_CACHED_SIDE_PX,
+    EmojiSet,
+    Sprite,
+    quantise_angle,
+    rotated_side_px,
+)
 from emojicam.types import Emotion, FaceBox, FaceResult
 
 #: Replace mode: the emoji centre sits this fraction of the box height above the box centre.
@@ -50,6 +57,11 @@ MIN_SPRITE_SIDE_PX = 8
 #: Sprite sides are rounded up onto a geometric grid with this ratio, so a
 #: face that jitters by a pixel reuses cached sprites (never smaller: coverage).
 SIDE_GRID_RATIO = 1.06
+#: A face's emoji keeps its size while that still covers the face and is at
+#: most this much too large, and keeps its angle while the head's roll stays
+#: within one angle step of it: a box that jitters by a pixel or a roll that
+#: jitters by a degree neither re-renders the sprite nor makes the emoji wobble.
+STEADY_SIDE_RATIO = SIDE_GRID_RATIO**2
 #: Privacy blur: the frame is reduced to this many cells along its longer side.
 PRIVACY_BLUR_CELLS = 16
 #: Privacy blank: the grey level of a blanked frame.
@@ -74,6 +86,7 @@ class EmojiCompositor:
     emoji: EmojiSet
     emoji_cfg: EmojiConfig
     privacy_cfg: PrivacyConfig
+    _steady: dict[int, tuple[int, float]] = field(default_factory=dict)  # track id -> (side, angle)
 
     @classmethod
     def create(cls, emoji_cfg: EmojiConfig, privacy_cfg: PrivacyConfig,
@@ -92,6 +105,7 @@ class EmojiCompositor:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
         out = image_bgr.copy()
+        self._steady = {r.track_id: self._steady[r.track_id] for r in results if r.track_id in self._steady}
         if mode == "off" or not results or out.size == 0:
             return out
         if mode == "replace":
@@ -119,7 +133,8 @@ class EmojiCompositor:
             return
         art = self.emoji.art(result.emotion)
         cx, cy, side = replace_placement(box, art.opaque_radius_frac, self.emoji_cfg.replace_scale)
-        angle = quantise_angle(box.roll_deg) if self.emoji_cfg.rotate_with_head else 0.0
+        roll = box.roll_deg if self.emoji_cfg.rotate_with_head else 0.0
+        side, angle = self._steady_placement(result.track_id, side, roll)
         # Fill under the emoji, on the box only: exact coverage whatever the art.
         clipped = box.clipped((out.shape[1], out.shape[0]))
         if clipped is None:
@@ -134,8 +149,24 @@ class EmojiCompositor:
         if box.w <= 0 or box.h <= 0:
             return
         side = grid_side(max(MIN_SPRITE_SIDE_PX, self.emoji_cfg.badge_scale * max(box.w, box.h)))
+        side, _ = self._steady_placement(result.track_id, side, 0.0)
         x0, y0 = badge_position(box, side, (out.shape[1], out.shape[0]))
         blend_sprite(out, self.emoji.sprite(result.emotion, side), x0, y0)
+
+    def _steady_placement(self, track_id: int, side: int, roll_deg: float) -> tuple[int, float]:
+        """(side, angle) for a face's sprite: ``side`` (the smallest that
+        covers) and ``roll_deg`` quantised, unless the face's previous sprite
+        still fits (see ``STEADY_SIDE_RATIO``); never smaller than ``side``."""
+        new_side, new_angle = side, quantise_angle(roll_deg)
+        last = self._steady.get(track_id)
+        if last is not None:
+            last_side, last_angle = last
+            if side <= last_side <= side * STEADY_SIDE_RATIO:
+                new_side = last_side
+            if abs((roll_deg - last_angle + 180.0) % 360.0 - 180.0) <= ANGLE_STEP_DEG:
+                new_angle = last_angle
+        self._steady[track_id] = (new_side, new_angle)
+        return new_side, new_angle
 
     def _place(self, out: np.ndarray, emotion: Emotion, side: int, angle: float,
                cx: float, cy: float) -> None:

@@ -290,6 +290,40 @@ def test_replace_uses_the_sprite_cache(emoji_set):
     assert entries <= 2
 
 
+def test_jittering_face_keeps_one_sprite_size_and_angle(emoji_set):
+    """Box jitter of a pixel and roll jitter across an angle step boundary
+    (7.5 degrees lies between the 5 and 10 steps) neither re-render the
+    emoji nor make it wobble, and every frame stays covered."""
+    comp = EmojiCompositor.create(EmojiConfig(), PrivacyConfig(), EmojiSet.from_rgba8(
+        {e: make_rgba_art(64) for e in Emotion}))
+    image = make_image((320, 240))
+    for k in range(24):
+        box = make_rolled_box(100 + k % 3, 80 - k % 2, 100 + k % 4, 100, roll_deg=7.5 + (-1.5, 1.5)[k % 2])
+        comp.compose(image, _results(box), "replace")
+        assert_boxes_fully_covered(comp, (320, 240), _results(box))
+    entries, _ = comp.emoji.cache_info()
+    assert entries == 1
+
+
+def test_steady_sprite_still_grows_and_turns_when_the_face_does(emoji_set):
+    comp = EmojiCompositor.create(EmojiConfig(), PrivacyConfig(), emoji_set)
+    side0, angle0 = comp._steady_placement(1, 100, 2.0)
+    assert (side0, angle0) == (100, 0.0)
+    assert comp._steady_placement(1, 104, 4.0) == (104, 0.0)  # bigger face: never smaller than needed
+    assert comp._steady_placement(1, 98, 12.0) == (104, 10.0)  # roll moved past one step: turns
+    assert comp._steady_placement(1, 80, 10.0) == (80, 10.0)  # much smaller face: shrinks
+    assert comp._steady_placement(2, 100, -30.0) == (100, -30.0)  # each face has its own
+
+
+def test_steady_placement_is_forgotten_with_the_face(emoji_set):
+    comp = EmojiCompositor.create(EmojiConfig(), PrivacyConfig(), emoji_set)
+    image = make_image((320, 240))
+    comp.compose(image, _results(make_box(10, 10, 60, 60), make_box(150, 80, 90, 90)), "replace")
+    assert set(comp._steady) == {0, 1}
+    comp.compose(image, _results(make_box(10, 10, 60, 60)), "replace")
+    assert set(comp._steady) == {0}
+
+
 # ---------------------------------------------------------------- decorate
 
 
