@@ -161,22 +161,79 @@ def probe_camera(source: int | str) -> str | None:
         src.close()
 
 
-def probe_tray() -> Check:
-    """Whether pystray finds a backend, and whether it can show a menu."""
-    from emojicam.tray import explain_failure
+@dataclass(frozen=True)
+class TrayFacts:
+    """What the tray check looks at; ``tray_facts()`` reads them from this machine."""
 
+    backend: str | None  # pystray's backend ("appindicator", "gtk", "xorg", ...); None: no backend
+    error: str = ""  # why pystray found no backend
+    system_tray: bool = True  # an XEmbed system tray (_NET_SYSTEM_TRAY_S0) is running
+    session_bus: bool = True  # a D-Bus session bus can be reached (pystray's GTK backends need one)
+    isolated_venv: bool = False  # a venv that cannot see the system's Python packages (PyGObject)
+    desktop: str = ""  # XDG_CURRENT_DESKTOP
+
+
+def tray_facts() -> TrayFacts:
+    from emojicam.tray import isolated_venv
+
+    desktop = os.environ.get("XDG_CURRENT_DESKTOP", "")
     try:
         import pystray
-    except Exception as exc:  # noqa: BLE001
-        return Check("tray", "fail", f"no tray backend ({type(exc).__name__}: {exc})", explain_failure())
+    except Exception as exc:  # noqa: BLE001 - Xlib raises DisplayNameError, gi raises ValueError...
+        return TrayFacts(None, f"{type(exc).__name__}: {exc}", isolated_venv=isolated_venv(), desktop=desktop)
     backend = str(pystray.Icon.__module__).rsplit(".", 1)[-1].lstrip("_")
-    if backend == "xorg":
-        if not _xembed_tray_present():
+    runtime_bus = Path(os.environ.get("XDG_RUNTIME_DIR") or "/nonexistent") / "bus"
+    return TrayFacts(
+        backend,
+        system_tray=_xembed_tray_present() if backend in ("xorg", "gtk") else True,
+        session_bus=bool(os.environ.get("DBUS_SESSION_BUS_ADDRESS"))
+        or runtime_bus.exists()
+        or bool(os.environ.get("DISPLAY") and shutil.which("dbus-launch")),
+        isolated_venv=isolated_venv(),
+        desktop=desktop,
+    )
+
+
+def check_tray(facts: TrayFacts) -> Check:
+    """Whether the tray can show EmojiCam's icon, and its menu, and if not, how to fix it."""
+    from emojicam.tray import explain_failure, menu_howto
+
+    if facts.backend is None:
+        return Check("tray", "fail", f"no tray backend ({facts.error})", explain_failure())
+    no_tray_fix = (
+        "GNOME shows tray icons only with the AppIndicator extension: install "
+        "gnome-shell-extension-appindicator, enable it, and log in again."
+        if "GNOME" in facts.desktop.upper()
+        else "Use a desktop or panel with a system tray (notification area)."
+    )
+    if facts.backend == "xorg":
+        if not facts.system_tray:
             return Check(
-                "tray", "fail", "Xorg backend, and no system tray is running", explain_failure(None, backend)
+                "tray",
+                "fail",
+                "Xorg backend (icon only, no menu), and no system tray is running",
+                f"{no_tray_fix} {menu_howto(facts.isolated_venv)}",
             )
-        return Check("tray", "warn", "Xorg backend: icon only, no menu", explain_failure(None, backend))
-    return Check("tray", "ok", f"{backend} backend")
+        return Check("tray", "warn", "Xorg backend: icon only, no menu", menu_howto(facts.isolated_venv))
+    if facts.backend in ("appindicator", "gtk"):
+        if not facts.session_bus:
+            return Check(
+                "tray",
+                "fail",
+                f"{facts.backend} backend, but no D-Bus session bus (DBUS_SESSION_BUS_ADDRESS is not set)",
+                "Start EmojiCam from your desktop session, or under dbus-run-session.",
+            )
+        if not facts.system_tray:
+            return Check(
+                "tray", "fail", f"{facts.backend} backend, but no system tray is running", no_tray_fix
+            )
+        return Check("tray", "ok", f"{facts.backend} backend: icon and menu")
+    return Check("tray", "ok", f"{facts.backend} backend")
+
+
+def probe_tray() -> Check:
+    """Whether pystray finds a backend, and whether it can show a menu."""
+    return check_tray(tray_facts())
 
 
 def _xembed_tray_present() -> bool:

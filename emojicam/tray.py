@@ -10,6 +10,11 @@ or the paused icon while paused, idle or in mode ``off``.
 ``run_tray`` owns the main thread (pystray requires it, macOS strictly) and
 returns when the engine stops. When no tray works it logs why and how to
 fix it and returns False; the daemon then keeps running headless.
+
+On Linux pystray picks its backend at import: ``appindicator`` or ``gtk``
+(both need PyGObject and the GTK 3 typelibs; both have a menu) or else
+``xorg`` (python-xlib only: an icon, no menu). ``menu_howto`` says how to
+get the menu; ``emojicam doctor`` and the tray's warning both print it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -33,7 +39,9 @@ from emojicam.engine import EngineStatus
 log = logging.getLogger(__name__)
 
 ICON_SIZE_PX = 64
-ICON_REFRESH_S = 2.0
+ICON_REFRESH_S = 2.0  # the Xorg backend only (see _IconUpdater.tick)
+GLIB_BACKENDS = ("appindicator", "gtk")  # pystray backends that run a GLib main loop
+LINUX_MENU_PACKAGES = "python3-gi gir1.2-gtk-3.0 gir1.2-ayatanaappindicator3-0.1"
 _MODE_LABELS = {"replace": "Replace face", "decorate": "Decorate", "label": "Label", "off": "Off"}
 _EMOTION_RGB = {
     "angry": (230, 60, 50),
@@ -222,6 +230,43 @@ def to_pystray(pystray: Any, get_status: Callable[[], EngineStatus], dispatch: C
     return pystray.Menu(lambda: [item(e) for e in build_menu(get_status())])
 
 
+def isolated_venv() -> bool:
+    """True in a virtual environment that cannot see the system's Python
+    packages (python3 -m venv without --system-site-packages)."""
+    if sys.prefix == sys.base_prefix:
+        return False
+    try:
+        cfg = (Path(sys.prefix) / "pyvenv.cfg").read_text(encoding="utf-8")
+    except OSError:
+        return True
+    for line in cfg.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "include-system-site-packages":
+            return value.strip().lower() != "true"
+    return True
+
+
+def menu_howto(in_isolated_venv: bool | None = None) -> str:
+    """How to get the tray menu on Linux: pystray's menu-capable backends
+    (appindicator, gtk) need PyGObject with the GTK 3 typelibs."""
+    if in_isolated_venv is None:
+        in_isolated_venv = isolated_venv()
+    text = (
+        "For the tray menu, pystray needs PyGObject and GTK 3: "
+        f"sudo apt install {LINUX_MENU_PACKAGES} "
+        "(Fedora: sudo dnf install python3-gobject gtk3 libayatana-appindicator-gtk3)"
+    )
+    if in_isolated_venv:
+        text += (
+            f", then let EmojiCam's virtual environment ({sys.prefix}) see them: recreate it with the "
+            "system's Python, '/usr/bin/python3 -m venv --system-site-packages', and reinstall EmojiCam "
+            "into it, or "
+            "'pip install PyGObject' in it (this builds from source: it needs libgirepository1.0-dev, "
+            "libcairo2-dev, pkg-config and a C compiler)"
+        )
+    return text + "; then restart EmojiCam. The Xorg fallback backend shows the icon without a menu."
+
+
 def explain_failure(
     exc: BaseException | None = None, backend: str | None = None, headless: bool = True
 ) -> str:
@@ -238,16 +283,18 @@ def explain_failure(
             "session, or use --no-tray."
         )
     elif sys.platform.startswith("linux"):
+        if exc is not None and backend in GLIB_BACKENDS and "dbus" in str(exc).lower():
+            parts.append(
+                f"The {backend} tray backend needs a D-Bus session bus: start EmojiCam from your desktop "
+                "session (or under dbus-run-session)."
+            )
         if "GNOME" in desktop.upper():
             parts.append(
                 "GNOME shows tray icons only with the AppIndicator extension: install "
                 "gnome-shell-extension-appindicator, enable it, and log in again."
             )
         if backend in (None, "xorg"):
-            parts.append(
-                "For a menu, install AppIndicator support: sudo apt install gir1.2-ayatanaappindicator3-0.1 "
-                "python3-gi (or pip install PyGObject); the Xorg fallback backend has no menu."
-            )
+            parts.append(menu_howto())
     if headless:
         parts.append("EmojiCam keeps running without a tray; use 'emojicam ctl' to control it.")
     else:
@@ -262,8 +309,9 @@ def _backend_name(pystray: Any) -> str:
 class _IconUpdater:
     """Keeps the icon picture, tooltip and menu in step with the engine."""
 
-    def __init__(self, icon: Any, engine: Any, rate_hz: float) -> None:
+    def __init__(self, icon: Any, engine: Any, rate_hz: float, refresh_s: float | None = None) -> None:
         self.icon, self.engine, self.rate_hz = icon, engine, rate_hz
+        self.refresh_s = refresh_s
         self._name: str | None = None
         self._icon_set_s = 0.0
         self._title = ""
@@ -273,8 +321,10 @@ class _IconUpdater:
         status = self.engine.status()
         name = icon_name(status)
         now = time.monotonic()
-        # re-sent every few seconds too: a backend may drop an update (pystray Xorg does, rarely)
-        if name != self._name or now - self._icon_set_s > ICON_REFRESH_S:
+        # with refresh_s, also re-sent that often: pystray's Xorg backend drops an update, rarely
+        # (the GTK backends write a temporary PNG per update, so they get changes only)
+        stale = self.refresh_s is not None and now - self._icon_set_s > self.refresh_s
+        if name != self._name or stale:
             self.icon.icon = icon_image(name)
             self._name, self._icon_set_s = name, now
         title = (
@@ -391,11 +441,20 @@ def run_tray(
                 log.debug("tray notification failed", exc_info=True)
 
     engine.add_listener(on_event)
-    updater = _IconUpdater(icon, engine, engine.config.tray.icon_update_hz)
+    updater = _IconUpdater(
+        icon, engine, engine.config.tray.icon_update_hz, ICON_REFRESH_S if backend == "xorg" else None
+    )
 
     returned = threading.Event()
+    sigint_handler = (
+        signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    )
 
     def setup(icon_: Any) -> None:
+        if returned.is_set():  # the loop failed before it started (see below): nothing to set up
+            return
+        if backend in GLIB_BACKENDS and sigint_handler is not None:
+            _restore_sigint(sigint_handler)
         if backend == "xorg":
             threading.Thread(
                 target=_xorg_waker, args=(icon_, returned), name="emojicam-tray-waker", daemon=True
@@ -413,6 +472,8 @@ def run_tray(
         engine.shutdown.wait()
         if on_shutdown is not None:
             on_shutdown()
+        if returned.is_set():  # the loop failed long ago: nothing to stop
+            return
         timer = threading.Timer(exit_timeout_s, hard_exit)
         timer.daemon = True
         timer.start()
@@ -423,7 +484,44 @@ def run_tray(
     try:
         icon.run(setup=setup)
     except Exception as exc:  # noqa: BLE001 - the tray died: keep running headless
-        log.warning("%s", explain_failure(exc, backend))
+        if engine.shutdown.is_set():
+            # e.g. the GTK backends hide their notification on the way out, over D-Bus
+            log.debug("the %s tray loop failed while stopping", backend, exc_info=True)
+        else:
+            log.warning("%s", explain_failure(exc, backend))
     finally:
         returned.set()
+        _release_setup_thread(icon)
     return engine.shutdown.is_set()
+
+
+def _restore_sigint(handler: Any) -> None:
+    """Give Ctrl-C back to the daemon's handler (a clean stop).
+
+    pystray's GTK backends set SIGINT to the default action (die at once,
+    leaving the control socket behind) when their loop starts. A handler
+    can only be set on the main thread, which is then inside the GLib
+    loop, so the change is queued there."""
+    from gi.repository import GLib
+
+    def restore() -> bool:
+        signal.signal(signal.SIGINT, handler)
+        return False  # run once
+
+    GLib.idle_add(restore)
+
+
+def _release_setup_thread(icon: Any) -> None:
+    """pystray starts its setup thread (not a daemon thread) before the loop,
+    and it waits for the backend to mark the icon ready. When the loop
+    failed first (the GTK backends need a D-Bus session bus, for example),
+    nothing ever does, and the process could not exit. ``_mark_ready`` is
+    pystray's own (protected) way to release it; ``setup`` then returns at
+    once."""
+    thread = getattr(icon, "_setup_thread", None)
+    if thread is None or not thread.is_alive() or getattr(icon, "_running", True):
+        return
+    try:
+        icon._mark_ready()
+    except Exception:  # noqa: BLE001 - update_menu on a dead backend may raise; the thread is released
+        log.debug("releasing the tray setup thread", exc_info=True)

@@ -230,3 +230,37 @@ def test_face_detector_check_states(tmp_path):
     assert bad.status == "fail" and "--force" in bad.fix
     haar = check_face_detector("haar")
     assert haar.status == "warn" and "misses turned faces" in haar.detail
+
+
+def test_tray_xorg_says_how_to_get_the_menu() -> None:
+    """Pystray's Xorg fallback (a plain venv: no PyGObject) has no menu; the
+    check names the packages, and in an isolated venv how to let it see them."""
+    check = doctor.check_tray(doctor.TrayFacts("xorg", isolated_venv=True))
+    assert check.status == "warn" and "no menu" in check.detail
+    assert "sudo apt install python3-gi gir1.2-gtk-3.0 gir1.2-ayatanaappindicator3-0.1" in check.fix
+    assert "python3 -m venv --system-site-packages" in check.fix and "pip install PyGObject" in check.fix
+    assert "restart EmojiCam" in check.fix
+
+    system_python = doctor.check_tray(doctor.TrayFacts("xorg", isolated_venv=False))
+    assert "gir1.2-gtk-3.0" in system_python.fix and "--system-site-packages" not in system_python.fix
+
+    no_tray = doctor.check_tray(doctor.TrayFacts("xorg", system_tray=False, desktop="ubuntu:GNOME"))
+    assert no_tray.status == "fail" and "no system tray is running" in no_tray.detail
+    assert "gnome-shell-extension-appindicator" in no_tray.fix and "gir1.2-gtk-3.0" in no_tray.fix
+
+
+@pytest.mark.parametrize(
+    ("facts", "status", "in_text"),
+    [
+        (doctor.TrayFacts("gtk"), "ok", "icon and menu"),
+        (doctor.TrayFacts("appindicator"), "ok", "icon and menu"),
+        (doctor.TrayFacts("gtk", session_bus=False), "fail", "dbus-run-session"),
+        (doctor.TrayFacts("appindicator", session_bus=False), "fail", "D-Bus session bus"),
+        (doctor.TrayFacts("gtk", system_tray=False), "fail", "system tray"),
+        (doctor.TrayFacts(None, "ImportError: this platform is not supported"), "fail", "not supported"),
+        (doctor.TrayFacts("darwin"), "ok", "darwin backend"),
+    ],
+)
+def test_tray_check_states(facts: doctor.TrayFacts, status: str, in_text: str) -> None:
+    check = doctor.check_tray(facts)
+    assert check.status == status and in_text in check.detail + " " + check.fix

@@ -1,5 +1,6 @@
-"""The tray menu as data, its pystray wrapping on the dummy backend (never
-``run()`` there: it hangs), icons, dispatch, and the no-tray fallback."""
+"""The tray menu as data, its pystray wrapping on the dummy backend, icons,
+dispatch, and the no-tray fallback. The real menu on a real GTK backend:
+tests/test_tray_gtk_menu.py."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ import dataclasses
 import importlib
 import logging
 import sys
+import threading
 from concurrent.futures import Future
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from emojicam import tray
 from emojicam.engine import EngineStatus
+from tests.factories import wait_for
 
 BASE = EngineStatus(
     state="running",
@@ -242,3 +246,107 @@ def test_explain_without_display(monkeypatch) -> None:
     if not sys.platform.startswith("linux"):
         pytest.skip("Linux message")
     assert "--no-tray" in tray.explain_failure(RuntimeError("Bad display name"))
+
+
+def test_explain_xorg_says_how_to_get_the_menu(monkeypatch) -> None:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("Linux message")
+    monkeypatch.setenv("DISPLAY", ":0")
+    monkeypatch.setenv("XDG_CURRENT_DESKTOP", "XFCE")
+    text = tray.explain_failure(None, "xorg", headless=False)
+    assert tray.menu_howto() in text and "gir1.2-gtk-3.0" in text and "without a menu" in text
+    assert "emojicam ctl" in text and "GNOME" not in text
+    assert "gir1.2-gtk-3.0" not in tray.explain_failure(None, "gtk", headless=False)  # it has a menu
+    no_bus = tray.explain_failure(RuntimeError("Failed to execute child process “dbus-launch”"), "gtk")
+    assert "D-Bus session bus" in no_bus and "dbus-run-session" in no_bus
+
+
+def test_menu_howto_for_an_isolated_venv() -> None:
+    isolated = tray.menu_howto(True)
+    assert "sudo apt install python3-gi gir1.2-gtk-3.0 gir1.2-ayatanaappindicator3-0.1" in isolated
+    assert "python3 -m venv --system-site-packages" in isolated and "pip install PyGObject" in isolated
+    shared = tray.menu_howto(False)
+    assert "python3-gi gir1.2-gtk-3.0" in shared and "--system-site-packages" not in shared
+
+
+@pytest.mark.parametrize(
+    ("cfg", "isolated"),
+    [
+        ("home = /usr/bin\ninclude-system-site-packages = false\n", True),
+        ("home = /usr/bin\ninclude-system-site-packages = true\n", False),
+        (None, True),  # no pyvenv.cfg: assume the default (isolated)
+    ],
+)
+def test_isolated_venv_reads_pyvenv_cfg(monkeypatch, tmp_path: Path, cfg, isolated) -> None:
+    if cfg is not None:
+        (tmp_path / "pyvenv.cfg").write_text(cfg)
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    monkeypatch.setattr(sys, "base_prefix", "/usr")
+    assert tray.isolated_venv() is isolated
+    monkeypatch.setattr(sys, "base_prefix", str(tmp_path))
+    assert tray.isolated_venv() is False  # not a venv
+
+
+class RecordingIcon:
+    def __init__(self) -> None:
+        self.icons: list = []
+        self.icon = self.title = None
+
+    def __setattr__(self, name, value) -> None:
+        if name == "icon" and value is not None:
+            self.icons.append(value)
+        object.__setattr__(self, name, value)
+
+
+@pytest.mark.parametrize(("refresh_s", "sent"), [(None, 1), (2.0, 2)])
+def test_icon_is_resent_only_with_refresh_s(monkeypatch, refresh_s, sent) -> None:
+    """The Xorg backend gets the picture again every refresh_s (it may drop
+    one); the GTK backends (a temporary PNG per update) only on a change."""
+    now = [100.0]
+    monkeypatch.setattr(tray.time, "monotonic", lambda: now[0])
+    icon = RecordingIcon()
+    updater = tray._IconUpdater(icon, FakeEngine(status()), 4.0, refresh_s)
+    updater.tick()
+    now[0] += 5.0
+    updater.tick()
+    assert len(icon.icons) == sent
+
+
+class RunnableEngine(FakeEngine):
+    def __init__(self, st: EngineStatus) -> None:
+        super().__init__(st)
+        self.shutdown = threading.Event()
+        self.config = SimpleNamespace(tray=SimpleNamespace(icon_update_hz=4.0))
+        self.listeners: list = []
+
+    def add_listener(self, listener) -> None:
+        self.listeners.append(listener)
+
+
+def test_a_loop_that_fails_to_start_leaves_no_thread_behind(dummy_pystray, monkeypatch, caplog) -> None:
+    """pystray starts a (non-daemon) setup thread before its loop; when the
+    loop fails first (the dummy backend has none; the GTK ones fail without a
+    D-Bus session bus) that thread must not wait forever, or the daemon
+    could never exit."""
+    made: list = []
+
+    class Icon(dummy_pystray.Icon):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(dummy_pystray, "Icon", Icon)
+    monkeypatch.setenv("DISPLAY", ":0")
+    engine = RunnableEngine(status())
+    try:
+        with caplog.at_level(logging.WARNING):
+            assert tray.run_tray(engine) is False  # no tray: the daemon goes on headless
+        assert "no tray icon (NotImplementedError" in caplog.text
+        (icon,) = made
+        wait_for(lambda: not icon._setup_thread.is_alive(), timeout_s=5)
+        assert not icon.visible  # setup saw the failure and showed nothing
+    finally:
+        engine.shutdown.set()
+        for icon in made:  # without the fix: release the thread, so that pytest can exit
+            if icon._setup_thread.is_alive():
+                icon._mark_ready()
