@@ -138,7 +138,8 @@ def decode(
     return Detections(boxes, kps, scores[keep])
 
 
-def _iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+def _areas(box: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(intersections, area of ``box``, areas of ``boxes``), xyxy boxes."""
     x0 = np.maximum(box[0], boxes[:, 0])
     y0 = np.maximum(box[1], boxes[:, 1])
     x1 = np.minimum(box[2], boxes[:, 2])
@@ -146,6 +147,11 @@ def _iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
     area = (box[2] - box[0]) * (box[3] - box[1])
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter, area, areas
+
+
+def _iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    inter, area, areas = _areas(box, boxes)
     union = area + areas - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
@@ -407,8 +413,7 @@ class BlazeFaceDetector:
             full = self._run(self.full_range, image_bgr)
         self._settle(call, short, full)
         first, second = (full, short) if self._full_primary else (short, full)
-        first = first if first is not None else Detections.empty()
-        merged = Detections.concat([first] if second is None else [first, _not_overlapping(second, first)])
+        merged = merge_models(first, second, self.min_score)
         boxes = self._to_boxes(merged, w, h)
         self._last_count = len(boxes)
         return boxes
@@ -433,6 +438,8 @@ class BlazeFaceDetector:
         other also found is not needed until the next look (prefer the cheaper
         short-range model when either would do)."""
         if short is not None and full is not None:
+            # Doubtful boxes (privacy-first mode) do not decide which model frames the faces.
+            short, full = (_select(d, d.scores >= self.min_score) for d in (short, full))
             if len(_not_overlapping(full, short)) == 0:  # short-range sees everything
                 self._short.ran(call, len(short) > 0)
                 self._full.ran(call, False, idle=True)
@@ -485,6 +492,53 @@ class BlazeFaceDetector:
                 out.append(clipped)
         out.sort(key=lambda b: -b.area)
         return out
+
+
+#: A doubtful box (scored below ``min_score``; kept only to cover faces in
+#: replace mode) is the same face as an accepted box when at least this much
+#: of the smaller of the two lies inside the other. IoU alone misses the
+#: common case: the short-range model, near the small end of its range,
+#: gives a loose box around a face that the full-range model frames tightly.
+SAME_FACE_OVERLAP = 0.6
+
+
+def merge_models(first: Detections | None, second: Detections | None, min_score: float) -> Detections:
+    """One detection per face from two models' (suppressed) detections.
+
+    Confident detections (``score >= min_score``) first: all of ``first``'s
+    (the model whose framing is in use), then ``second``'s faces that
+    ``first`` did not find. Then the doubtful ones, best first, for faces
+    nobody found yet: a doubtful box never replaces or duplicates a
+    confident one (it is usually a loose box around the same face, and would
+    give that face a second, bigger, tilted emoji)."""
+    parts = [d for d in (first, second) if d is not None and len(d)]
+    if not parts:
+        return Detections.empty()
+    sure = [_select(d, d.scores >= min_score) for d in parts]
+    merged = sure[0]
+    for extra in sure[1:]:
+        merged = Detections.concat([merged, _not_overlapping(extra, merged)])
+    doubtful = Detections.concat([_select(d, d.scores < min_score) for d in parts])
+    for i in np.argsort(-doubtful.scores, kind="stable"):
+        box = doubtful.boxes_xyxy[i]
+        if len(merged) and (
+            np.any(_iou_one_to_many(box, merged.boxes_xyxy) > NMS_IOU)
+            or np.any(_overlap_of_smaller(box, merged.boxes_xyxy) >= SAME_FACE_OVERLAP)
+        ):
+            continue
+        merged = Detections.concat([merged, _select(doubtful, np.arange(len(doubtful)) == i)])
+    return merged
+
+
+def _select(dets: Detections, keep: np.ndarray) -> Detections:
+    return Detections(dets.boxes_xyxy[keep], dets.keypoints_xy[keep], dets.scores[keep])
+
+
+def _overlap_of_smaller(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Intersection area over the smaller box's area, for ``box`` against each of ``boxes``."""
+    inter, area, areas = _areas(box, boxes)
+    smaller = np.minimum(area, areas)
+    return np.where(smaller > 0, inter / np.maximum(smaller, 1e-12), 0.0)
 
 
 def _not_overlapping(extra: Detections, base: Detections, iou_threshold: float = NMS_IOU) -> Detections:

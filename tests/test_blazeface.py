@@ -184,6 +184,33 @@ def test_empty_image_gives_no_faces() -> None:
     assert detector.detect(np.zeros((0, 0, 3), np.uint8)) == []
 
 
+def test_merge_keeps_one_box_per_face_and_prefers_confident_boxes() -> None:
+    first = dets_of([[0, 0, 100, 100], [300, 0, 400, 100]], [0.9, 0.8])
+    second = dets_of(
+        [
+            [5, 5, 105, 105],  # the same face as first's: dropped
+            [600, 0, 700, 100],  # a face only the second model found: kept
+            [280, -30, 460, 150],  # doubtful and loose around a found face (IoU 0.31 < 1 but inside): dropped
+            [900, 0, 960, 60],  # doubtful, and nobody else found a face there: kept, to be covered
+            [905, 0, 965, 60],  # a weaker doubtful duplicate of it: dropped
+        ],
+        [0.7, 0.6, 0.35, 0.4, 0.31],
+    )
+    merged = bf.merge_models(first, second, min_score=0.5)
+    np.testing.assert_allclose(
+        merged.boxes_xyxy, [[0, 0, 100, 100], [300, 0, 400, 100], [600, 0, 700, 100], [900, 0, 960, 60]]
+    )
+    np.testing.assert_allclose(merged.scores, [0.9, 0.8, 0.6, 0.4])
+
+
+def test_a_doubtful_box_never_replaces_a_confident_one() -> None:
+    first = dets_of([[0, 0, 200, 200]], [0.35])  # the framing model is only unsure of this face
+    second = dets_of([[20, 20, 170, 170]], [0.85])  # the other is sure of it
+    merged = bf.merge_models(first, second, min_score=0.5)
+    np.testing.assert_allclose(merged.boxes_xyxy, [[20, 20, 170, 170]])
+    assert len(bf.merge_models(None, None, 0.5)) == 0
+
+
 # ---------------------------------------------------------------- which model runs when
 
 
@@ -194,6 +221,7 @@ class ScriptedModel:
     def __init__(self, geometry: bf.ModelGeometry) -> None:
         self.geometry = geometry
         self.sees: list[tuple[float, float, float, float]] = []
+        self.scores: list[float] | None = None  # None: 0.9 for every face
         self.runs = 0
 
     def run(self, image_bgr: np.ndarray, min_score: float) -> tuple[bf.Detections, bf.Letterbox]:
@@ -201,9 +229,12 @@ class ScriptedModel:
         side = self.geometry.input_side
         if not self.sees:
             return bf.Detections.empty(), bf.Letterbox(1.0, (0.0, 0.0))
-        return dets_of([[v / side for v in box] for box in self.sees], [0.9] * len(self.sees)), bf.Letterbox(
-            1.0, (0.0, 0.0)
-        )
+        scores = self.scores if self.scores is not None else [0.9] * len(self.sees)
+        keep = [i for i, score in enumerate(scores) if score >= min_score]
+        boxes = [[v / side for v in self.sees[i]] for i in keep]
+        if not boxes:
+            return bf.Detections.empty(), bf.Letterbox(1.0, (0.0, 0.0))
+        return dets_of(boxes, [scores[i] for i in keep]), bf.Letterbox(1.0, (0.0, 0.0))
 
 
 BIG = (100.0, 100.0, 400.0, 400.0)
@@ -256,6 +287,23 @@ def test_a_face_lost_by_one_model_is_looked_for_with_the_other_at_once() -> None
     before = full.runs
     assert run_calls(detector, 1) == [1]
     assert full.runs == before + 1
+
+
+def test_privacy_first_mode_frames_faces_with_the_model_that_is_sure_of_them() -> None:
+    """Both models run every call; short-range's doubtful extra box (a loose
+    box that full-range does not confirm) must not make it the framing model."""
+    detector, short, full = scripted_detector()
+    detector.set_privacy(True, 0.3)
+    big_full = (110.0, 90.0, 410.0, 390.0)  # full-range frames the big face a little differently
+    false_alarm = (900.0, 500.0, 1000.0, 600.0)
+    short.sees, short.scores = [BIG, false_alarm], [0.9, 0.35]
+    full.sees = [big_full, SMALL]
+    image = make_image((1280, 720))
+    for _ in range(3):
+        boxes = detector.detect(image)
+    assert short.runs == 3 and full.runs == 3
+    assert (boxes[0].x, boxes[0].y) == (110, 90)  # the face is framed by the model sure of every face
+    assert len(boxes) == 3  # and the false alarm is still covered
 
 
 def test_without_the_full_range_model_short_range_runs_every_call() -> None:
