@@ -45,10 +45,14 @@ WORKER = Path(__file__).with_name("peer_worker.py")
 
 
 class Worker:
-    def __init__(self, python: str, impl: str, frames: Path, cpu: int | None) -> None:
+    def __init__(
+        self, python: str, impl: str, frames: Path, cpu: int | None, mode: str | None = None
+    ) -> None:
         cmd = [python, str(WORKER), "--impl", impl, "--frames", str(frames)]
         if cpu is not None:
             cmd += ["--cpu", str(cpu)]
+        if mode is not None:
+            cmd += ["--mode", mode]
         self.impl = impl
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         self.name = self._read()["ready"]
@@ -110,6 +114,8 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=200, help="frames of the clip to use (from the start)")
     ap.add_argument("--cpu", type=int, default=1, help="CPU core both workers are pinned to (-1: no pinning)")
     ap.add_argument("--skip-accuracy", action="store_true", help="only the speed comparison")
+    ap.add_argument("--mode", choices=("replace", "decorate", "label"), default="replace",
+                    help="EmojiCam's mode (default replace, the privacy mask)")
     ap.add_argument("--json-out", type=Path, help="also write the results here")
     args = ap.parse_args()
     for needed in (CLIP, FER_NPZ):
@@ -120,7 +126,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="emojicam-peer-") as tmp:
         frames_path = Path(tmp) / "frames.npy"
         n = write_frames(frames_path, args.frames, (1280, 720))
-        ours = Worker(sys.executable, "emojicam", frames_path, cpu)
+        ours = Worker(sys.executable, "emojicam", frames_path, cpu, mode=args.mode)
         theirs = Worker(args.fer_python, "fer", frames_path, cpu)
         try:
             rows: dict[str, list[dict[str, Any]]] = {"emojicam": [], "fer": []}
