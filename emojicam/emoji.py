@@ -228,7 +228,7 @@ class EmojiSet:
         """Only the part of a (huge) placed emoji inside ``region_xywh`` of
         the frame, in one warp from the source art; not cached. For faces so
         large that a full sprite would waste memory."""
-        art = self._art[emotion].premul_bgra
+        art = _to_bgra8(self._art[emotion].premul_bgra)  # uint8: a quarter of float's memory
         rx, ry, rw, rh = region_xywh
         scale = side_px / art.shape[0]
         src_c = (art.shape[1] - 1) / 2.0
@@ -237,9 +237,9 @@ class EmojiSet:
         cx, cy = center_xy
         m[0, 2] += (cx - 0.5 - rx) - src_c
         m[1, 2] += (cy - 0.5 - ry) - src_c
-        out = cv2.warpAffine(art, m, (max(1, rw), max(1, rh)), flags=cv2.INTER_CUBIC,
-                             borderMode=cv2.BORDER_CONSTANT, borderValue=(0.0, 0.0, 0.0, 0.0))
-        return Sprite.from_premultiplied(out)
+        out = cv2.warpAffine(art, m, (max(1, rw), max(1, rh)), flags=cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0))
+        return Sprite.from_bgra8(out)
 
     def rgba8(self, emotion: Emotion, side_px: int) -> np.ndarray:
         """Straight RGBA uint8 at ``side_px`` (tray icons, previews)."""
