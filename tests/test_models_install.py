@@ -204,3 +204,16 @@ def test_models_install_command_uses_the_given_wheel(tmp_path, monkeypatch, caps
     args = argparse.Namespace(wheel=wheel, force=False)
     assert commands_bench.cmd_models_install(args) == 0
     assert f"ok  {tmp_path / 'm' / 'short.tflite'}" in capsys.readouterr().out
+
+
+def test_models_install_command_says_nothing_of_downloading_when_all_is_installed(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setattr(models_install, "user_models_dir", lambda: tmp_path / "m")
+    monkeypatch.setattr(models_install, "MODEL_FILES", (SHORT,))
+    wheel = make_fake_wheel(tmp_path / "mediapipe-0.10.21-x.whl", {SHORT.wheel_member: MODEL_BYTES})
+    commands_bench.cmd_models_install(argparse.Namespace(wheel=wheel, force=False))
+    capsys.readouterr()
+    assert commands_bench.cmd_models_install(argparse.Namespace(wheel=None, force=False)) == 0
+    out = capsys.readouterr().out
+    assert "Downloading" not in out and f"ok  {tmp_path / 'm' / 'short.tflite'}" in out
