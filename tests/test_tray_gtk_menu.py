@@ -169,13 +169,13 @@ def desktop(tmp_path: Path, gi_path: str) -> Iterator[dict[str, str]]:
         if gi_path:
             env["PYTHONPATH"] += os.pathsep + gi_path
         with background(["dbus-daemon", "--session", "--nofork", f"--address=unix:path={bus}"], env):
-            wait_for(bus.exists, timeout_s=10)
+            wait_for(bus.exists, timeout_s=30)  # generous: CI and this machine are often loaded
             trayer = [
                 "trayer", "--edge", "top", "--align", "right", "--widthtype", "request",
                 "--height", "32", "--transparent", "false", "--tint", "0x303030",
             ]  # fmt: skip
             with background(trayer, env):
-                wait_for(lambda: tray_host_running(display), timeout_s=10, poll_s=0.1)
+                wait_for(lambda: tray_host_running(display), timeout_s=30, poll_s=0.1)
                 yield env
 
 
