@@ -44,7 +44,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -178,6 +178,21 @@ def parse_reply(buf: bytes) -> dict[str, Any]:
     if not isinstance(reply, dict):
         raise ControlError("unreadable reply: not a JSON object")
     return reply
+
+
+@contextlib.contextmanager
+def connect_errors(address: object) -> Iterator[None]:
+    """While connecting to ``address`` (either transport): nobody listening
+    becomes ``NotRunning`` and a refused permission ``ControlError``, with
+    what to do."""
+    try:
+        yield
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise NotRunning(
+            f"EmojiCam is not running (nothing answers on {address}); start it with 'emojicam run'"
+        ) from exc
+    except PermissionError as exc:
+        raise ControlError(f"{address}: permission denied; it belongs to another user") from exc
 
 
 # ---------------------------------------------------------------- this platform's transport
@@ -314,7 +329,7 @@ def send_socket_request(
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout_s)
     try:
-        try:
+        with connect_errors(path):
             for attempt in range(20):
                 try:
                     sock.connect(str(path))
@@ -323,12 +338,6 @@ def send_socket_request(
                     if attempt == 19:
                         raise ControlError("EmojiCam is too busy to answer; try again") from None
                     time.sleep(0.05)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise NotRunning(
-                f"EmojiCam is not running (nothing answers on {path}); start it with 'emojicam run'"
-            ) from exc
-        except PermissionError as exc:
-            raise ControlError(f"{path}: permission denied; it belongs to another user") from exc
         sock.sendall(json.dumps(request).encode() + b"\n")
         buf = bytearray()
         while not buf.endswith(b"\n"):

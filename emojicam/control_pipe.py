@@ -49,9 +49,9 @@ from emojicam.control import (
     TOO_LONG,
     ControlError,
     Handler,
-    NotRunning,
     _ensure_private_dir,
     answer,
+    connect_errors,
     parse_reply,
     runtime_dir,
 )
@@ -297,14 +297,9 @@ def open_connection(address: str | None = None, key_file: Path | None = None, ti
     address = address or pipe_address()
     key_file = key_file or key_path()
     try:
-        conn = Client(address)
-    except (FileNotFoundError, ConnectionRefusedError) as exc:
-        raise NotRunning(
-            f"EmojiCam is not running (nothing answers on {address}); start it with 'emojicam run'"
-        ) from exc
-    except PermissionError as exc:
-        raise ControlError(f"{address}: permission denied; it belongs to another user") from exc
-    except OSError as exc:
+        with connect_errors(address):
+            conn = Client(address)
+    except OSError as exc:  # anything else the pipe refuses with
         raise ControlError(f"cannot reach EmojiCam on {address}: {exc}") from exc
     try:
         _client_handshake(conn, read_key(key_file), address, key_file, timeout_s)
