@@ -34,11 +34,11 @@ def evaluate(model: Path, data: Path, split: str, confusion_png: Path | None,
     acc = float(np.mean(pred == s.labels))
     result = {
         "model": str(model), "split": split, "images": int(len(pred)), "accuracy": acc,
-        "recall": {c: float(r) for c, r in zip(CLASS_NAMES, recall)},
+        "recall": {c: float(r) for c, r in zip(CLASS_NAMES, recall, strict=True)},
         "confusion": cm.tolist(),
     }
     print(f"{model} on FER-2013 {split} ({len(pred)} images): accuracy {acc:.2%}")
-    for c, r, total in zip(CLASS_NAMES, recall, cm.sum(1)):
+    for c, r, total in zip(CLASS_NAMES, recall, cm.sum(1), strict=True):
         print(f"  {c:9s} recall {r:6.1%}  ({total} images)")
     if confusion_png:
         plot_confusion(cm, confusion_png, f"{split} accuracy {acc:.2%}")

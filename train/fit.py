@@ -47,7 +47,7 @@ PRESETS = {
     # Fits one working session on 2 CPU cores (~200 s/epoch alone, ~350 s shared).
     "cpu": Recipe(),
     # For a long multi-day CPU run or a GPU.
-    "long": Recipe(arch="large", epochs=120, lr=0.05),
+    "long": Recipe(arch="deep", epochs=120, lr=0.05),
 }
 
 

@@ -13,7 +13,8 @@ from keras import layers
 ARCHITECTURES: dict[str, list[tuple[int, int]]] = {
     "small": [(32, 2), (64, 2), (128, 1), (256, 1)],
     "base": [(64, 2), (128, 2), (256, 1), (512, 1)],
-    "large": [(64, 2), (128, 2), (256, 2), (512, 2)],
+    "large": [(64, 2), (128, 2), (256, 2), (512, 2)],  # 4.8 M: over the 3 MB file limit in int8
+    "deep": [(64, 2), (128, 2), (256, 2), (256, 2)],  # two convs per block that still fit 3 MB
 }
 
 
