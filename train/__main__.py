@@ -6,6 +6,7 @@ Examples::
     python -m train export --run base-cpu --data ../shared/data/fer2013.npz
     python -m train eval --model models/emotion.tflite --data ../shared/data/fer2013.npz
     python -m train curves --run base-cpu -o models/training_curves.png
+    python -m train qat --from-run base-cpu --run base-cpu-qat --data ../shared/data/fer2013.npz
 """
 
 from __future__ import annotations
@@ -60,6 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--confusion-png", type=Path)
     p.add_argument("--json", type=Path, help="also write the figures as JSON")
 
+    p = sub.add_parser("qat", help="quantisation-aware fine-tuning of a run (for int8 parity)")
+    p.add_argument("--from-run", required=True, help="the trained run to fine-tune")
+    p.add_argument("--run", required=True, help="name of the new (QAT) run")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--progress", choices=["auto", "bar", "line"], default="auto")
+
     p = sub.add_parser("curves", help="plot a run's training curves")
     p.add_argument("--run", required=True)
     p.add_argument("-o", "--output", type=Path, required=True)
@@ -89,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         from train.evaluate import evaluate
 
         evaluate(args.model, args.data, args.split, args.confusion_png, args.json)
+    elif args.cmd == "qat":
+        from train.qat import qat_run
+
+        qat_run(_run_dir(args.from_run), args.data, _run_dir(args.run), epochs=args.epochs, lr=args.lr,
+                progress=args.progress)
     elif args.cmd == "curves":
         from train.evaluate import plot_curves
 

@@ -26,20 +26,33 @@ REPRESENTATIVE_IMAGES = 1000
 MIN_AGREEMENT = 0.99
 
 
-def load_float_model(run_dir: Path, weights: str = "best.weights.h5"):
+def is_qat_run(run_dir: Path) -> bool:
+    return "qat" in json.loads((run_dir / "run.json").read_text())
+
+
+def load_float_model(run_dir: Path, weights: str = "best.weights.h5", flip_average: bool = True):
+    """The trained model of a run (for a QAT run: its int8-simulating graph)."""
     import keras
 
     from train.fit import Recipe
     from train.model import build_model, with_flip_average
 
     keras.mixed_precision.set_global_policy("float32")
-    recipe = Recipe(**json.loads((run_dir / "run.json").read_text())["recipe"])
-    model = build_model(recipe.arch, recipe.dropout)
-    model.load_weights(str(run_dir / weights))
-    return with_flip_average(model)
+    if is_qat_run(run_dir):
+        from train.qat import load_qat_model
+
+        model = load_qat_model(run_dir, weights)
+    else:
+        recipe = Recipe(**json.loads((run_dir / "run.json").read_text())["recipe"])
+        model = build_model(recipe.arch, recipe.dropout)
+        model.load_weights(str(run_dir / weights))
+    return with_flip_average(model) if flip_average else model
 
 
 def convert_int8(model, representative: np.ndarray) -> bytes:
+    """Full-integer conversion. ``representative``: images to calibrate the
+    activation ranges (a QAT model's fake-quantised tensors keep the ranges
+    in its graph)."""
     import tensorflow as tf
 
     def rep():
