@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +178,7 @@ def qat_run(source_run: Path, data: Path, out_run: Path, *, epochs: int = 2, lr:
     import tensorflow as tf
 
     from train.export import load_float_model
-    from train.fit import Recipe, _augmenter, _EpochTimer
+    from train.fit import Recipe, _augmenter, _best_so_far, _EpochTimer
 
     keras.mixed_precision.set_global_policy("float32")
     source = json.loads((source_run / "run.json").read_text())
@@ -217,11 +218,12 @@ def qat_run(source_run: Path, data: Path, out_run: Path, *, epochs: int = 2, lr:
     log.info("QAT from %s: PublicTest before fine-tuning %.2f%%", source_run.name,
              100 * model.evaluate(val_ds, verbose=0)[1])
     best = out_run / "best.weights.h5"
-    verbose = {"bar": 1, "line": 2}.get(progress, 2)
+    verbose = {"bar": 1, "line": 2}.get(progress, 1 if sys.stdout.isatty() else 2)
     model.fit(ds, epochs=epochs, validation_data=val_ds, verbose=verbose, callbacks=[
         keras.callbacks.BackupAndRestore(str(out_run / "backup")),
         keras.callbacks.ModelCheckpoint(str(best), monitor="val_accuracy", mode="max",
-                                        save_best_only=True, save_weights_only=True),
+                                        save_best_only=True, save_weights_only=True,
+                                        initial_value_threshold=_best_so_far(out_run / "log.csv")),
         keras.callbacks.CSVLogger(str(out_run / "log.csv"), append=True),
         _EpochTimer(out_run / "epoch_times.csv"),
     ])
