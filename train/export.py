@@ -3,8 +3,9 @@
 The exported graph averages the network over the face and its mirror image
 (flip test-time augmentation), takes uint8 pixels and returns uint8
 probabilities. A labels file with the class order is written beside it, and
-a parity check compares the .tflite with the float Keras model on
-PrivateTest (top-1 agreement must be >= 99%).
+a parity check compares the .tflite with the trained Keras model on
+PrivateTest (top-1 agreement must be >= 99%). The trained model is the float
+net, or for a run made by ``python -m train qat`` its int8-simulating graph.
 """
 
 from __future__ import annotations
