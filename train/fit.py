@@ -114,7 +114,6 @@ def fit(
 ) -> Path:
     """Train (or resume) a run. Returns the path of the best weights."""
     import keras
-    import tensorflow as tf
 
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = run_dir / "run.json"
@@ -143,14 +142,7 @@ def fit(
     x_val = val.images[..., None].astype(np.float32)
     log.info("train %d images, val %d images", len(x_train), len(x_val))
 
-    ds = (
-        tf.data.Dataset.from_tensor_slices((x_train, y_train))
-        .shuffle(len(x_train), seed=recipe.seed, reshuffle_each_iteration=True)
-        .batch(recipe.batch_size, drop_remainder=True)
-        .map(_augmenter(recipe), num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    val_ds = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(512)
+    ds, val_ds = datasets(x_train, y_train, x_val, y_val, recipe)
 
     steps_per_epoch = len(x_train) // recipe.batch_size
     warmup = int(recipe.warmup_epochs * steps_per_epoch)
@@ -184,33 +176,59 @@ def fit(
     )
     log.info("model %s: %d parameters", model.name, model.count_params())
 
-    best = run_dir / "best.weights.h5"
-    verbose = {"bar": 1, "line": 2}.get(progress, 1 if sys.stdout.isatty() else 2)
-    callbacks = [
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
-        keras.callbacks.ModelCheckpoint(
-            str(best),
-            monitor="val_accuracy",
-            mode="max",
-            save_best_only=True,
-            save_weights_only=True,
-            initial_value_threshold=_best_so_far(run_dir / "log.csv"),
-        ),
-        keras.callbacks.ModelCheckpoint(
-            str(run_dir / "last.weights.h5"), save_weights_only=True
-        ),
-        keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
-        _EpochTimer(run_dir / "epoch_times.csv"),
+    callbacks = run_callbacks(run_dir) + [
+        keras.callbacks.ModelCheckpoint(str(run_dir / "last.weights.h5"), save_weights_only=True)
     ]
     model.fit(
         ds,
         epochs=recipe.epochs,
         validation_data=val_ds,
         callbacks=callbacks,
-        verbose=verbose,
+        verbose=verbosity(progress),
     )
     (run_dir / "DONE").write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
-    return best
+    return run_dir / "best.weights.h5"
+
+
+def datasets(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+             recipe: Recipe):
+    """Shuffled, augmented training batches and plain validation batches."""
+    import tensorflow as tf
+
+    ds = (
+        tf.data.Dataset.from_tensor_slices((x_train, y_train))
+        .shuffle(len(x_train), seed=recipe.seed, reshuffle_each_iteration=True)
+        .batch(recipe.batch_size, drop_remainder=True)
+        .map(_augmenter(recipe), num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    return ds, tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(512)
+
+
+def run_callbacks(run_dir: Path) -> list:
+    """What every run folder gets: a resumable backup, the best PublicTest
+    weights (never overwritten by a worse epoch after a resume), the log and
+    the epoch times."""
+    import keras
+
+    return [
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        keras.callbacks.ModelCheckpoint(
+            str(run_dir / "best.weights.h5"),
+            monitor="val_accuracy",
+            mode="max",
+            save_best_only=True,
+            save_weights_only=True,
+            initial_value_threshold=_best_so_far(run_dir / "log.csv"),
+        ),
+        keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
+        _EpochTimer(run_dir / "epoch_times.csv"),
+    ]
+
+
+def verbosity(progress: str) -> int:
+    """Keras verbose level: a live bar on a terminal, one line per epoch otherwise."""
+    return {"bar": 1, "line": 2}.get(progress, 1 if sys.stdout.isatty() else 2)
 
 
 def _best_so_far(log_csv: Path) -> float | None:

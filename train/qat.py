@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -175,10 +174,9 @@ def qat_run(source_run: Path, data: Path, out_run: Path, *, epochs: int = 2, lr:
             progress: str = "auto") -> Path:
     """Fine-tune ``source_run``'s best weights with simulated int8 into ``out_run``."""
     import keras
-    import tensorflow as tf
 
     from train.export import load_float_model
-    from train.fit import Recipe, _augmenter, _best_so_far, _EpochTimer
+    from train.fit import Recipe, datasets, run_callbacks, verbosity
 
     keras.mixed_precision.set_global_policy("float32")
     source = json.loads((source_run / "run.json").read_text())
@@ -198,16 +196,10 @@ def qat_run(source_run: Path, data: Path, out_run: Path, *, epochs: int = 2, lr:
         "from": str(source_run / "best.weights.h5"), "epochs": epochs, "lr": lr, "ranges": ranges}}
     (out_run / "run.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
-    x_train = train.images[..., None].astype(np.float32)
-    y_train = np.eye(7, dtype=np.float32)[train.labels]
-    ds = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
-          .shuffle(len(x_train), seed=recipe.seed, reshuffle_each_iteration=True)
-          .batch(recipe.batch_size, drop_remainder=True)
-          .map(_augmenter(recipe), num_parallel_calls=tf.data.AUTOTUNE)
-          .prefetch(tf.data.AUTOTUNE))
-    val_ds = tf.data.Dataset.from_tensor_slices(
-        (val.images[..., None].astype(np.float32), np.eye(7, dtype=np.float32)[val.labels])).batch(512)
-    steps = epochs * (len(x_train) // recipe.batch_size)
+    onehot = np.eye(7, dtype=np.float32)
+    ds, val_ds = datasets(train.images[..., None].astype(np.float32), onehot[train.labels],
+                          val.images[..., None].astype(np.float32), onehot[val.labels], recipe)
+    steps = epochs * (len(train.images) // recipe.batch_size)
     model.compile(
         optimizer=keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(lr, steps, alpha=0.01),
                                        momentum=recipe.momentum, nesterov=True,
@@ -217,18 +209,10 @@ def qat_run(source_run: Path, data: Path, out_run: Path, *, epochs: int = 2, lr:
     )
     log.info("QAT from %s: PublicTest before fine-tuning %.2f%%", source_run.name,
              100 * model.evaluate(val_ds, verbose=0)[1])
-    best = out_run / "best.weights.h5"
-    verbose = {"bar": 1, "line": 2}.get(progress, 1 if sys.stdout.isatty() else 2)
-    model.fit(ds, epochs=epochs, validation_data=val_ds, verbose=verbose, callbacks=[
-        keras.callbacks.BackupAndRestore(str(out_run / "backup")),
-        keras.callbacks.ModelCheckpoint(str(best), monitor="val_accuracy", mode="max",
-                                        save_best_only=True, save_weights_only=True,
-                                        initial_value_threshold=_best_so_far(out_run / "log.csv")),
-        keras.callbacks.CSVLogger(str(out_run / "log.csv"), append=True),
-        _EpochTimer(out_run / "epoch_times.csv"),
-    ])
+    model.fit(ds, epochs=epochs, validation_data=val_ds, verbose=verbosity(progress),
+              callbacks=run_callbacks(out_run))
     (out_run / "DONE").write_text("qat\n")
-    return best
+    return out_run / "best.weights.h5"
 
 
 def load_qat_model(run_dir: Path, weights: str = "best.weights.h5"):
