@@ -99,6 +99,7 @@ def export(run_dir: Path, data: Path, out_dir: Path, weights: str = "best.weight
            min_agreement: float = MIN_AGREEMENT) -> dict:
     model = load_float_model(run_dir, weights)
     train = load_fer(data, "train")
+    representative_images = min(representative_images, len(train.images))
     rng = np.random.default_rng(0)
     pick = rng.choice(len(train.images), representative_images, replace=False)
     rep = train.images[pick][..., None].astype(np.float32)

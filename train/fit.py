@@ -144,11 +144,10 @@ def fit(
 
     ds, val_ds = datasets(x_train, y_train, x_val, y_val, recipe)
 
-    steps_per_epoch = len(x_train) // recipe.batch_size
-    warmup = int(recipe.warmup_epochs * steps_per_epoch)
+    warmup, decay = schedule_steps(len(x_train), recipe)
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=recipe.lr * 0.1,
-        decay_steps=recipe.epochs * steps_per_epoch - warmup,
+        decay_steps=decay,
         warmup_target=recipe.lr,
         warmup_steps=warmup,
         alpha=0.001,
@@ -188,6 +187,23 @@ def fit(
     )
     (run_dir / "DONE").write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
     return run_dir / "best.weights.h5"
+
+
+def schedule_steps(num_images: int, recipe: Recipe) -> tuple[int, int]:
+    """(warm-up steps, cosine decay steps) for ``num_images`` training images.
+
+    Batches are whole (``drop_remainder``), so fewer images than one batch
+    cannot train; a warm-up as long as the run is cut short so that the
+    cosine still has a step to decay over."""
+    steps_per_epoch = num_images // recipe.batch_size
+    if steps_per_epoch == 0:
+        raise SystemExit(
+            f"{num_images} training images do not fill one batch of {recipe.batch_size}; "
+            "pass a smaller --batch-size or more data"
+        )
+    total = recipe.epochs * steps_per_epoch
+    warmup = min(int(recipe.warmup_epochs * steps_per_epoch), total - 1)
+    return warmup, total - warmup
 
 
 def datasets(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,

@@ -29,6 +29,7 @@ average that the export wraps around it).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -176,7 +177,7 @@ def qat_run(source_run: Path, data: Path, out_run: Path, *, epochs: int = 2, lr:
     import keras
 
     from train.export import load_float_model
-    from train.fit import Recipe, datasets, run_callbacks, verbosity
+    from train.fit import Recipe, datasets, run_callbacks, schedule_steps, verbosity
 
     keras.mixed_precision.set_global_policy("float32")
     source = json.loads((source_run / "run.json").read_text())
@@ -186,7 +187,8 @@ def qat_run(source_run: Path, data: Path, out_run: Path, *, epochs: int = 2, lr:
 
     train = load_fer(data, "train")
     val = load_fer(data, "public")
-    pick = np.random.default_rng(0).choice(len(train.images), CALIBRATION_IMAGES, replace=False)
+    pick = np.random.default_rng(0).choice(len(train.images), min(CALIBRATION_IMAGES, len(train.images)),
+                                           replace=False)
     ranges = calibrate(build_qat_model(trained, None, recipe.dropout),
                        train.images[pick][..., None].astype(np.float32))
     model = build_qat_model(trained, ranges, recipe.dropout)
@@ -199,7 +201,7 @@ def qat_run(source_run: Path, data: Path, out_run: Path, *, epochs: int = 2, lr:
     onehot = np.eye(7, dtype=np.float32)
     ds, val_ds = datasets(train.images[..., None].astype(np.float32), onehot[train.labels],
                           val.images[..., None].astype(np.float32), onehot[val.labels], recipe)
-    steps = epochs * (len(train.images) // recipe.batch_size)
+    _, steps = schedule_steps(len(train.images), dataclasses.replace(recipe, epochs=epochs, warmup_epochs=0))
     model.compile(
         optimizer=keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(lr, steps, alpha=0.01),
                                        momentum=recipe.momentum, nesterov=True,
