@@ -69,6 +69,22 @@ def test_decode_places_box_and_keypoints_relative_to_the_anchor() -> None:
     assert dets.scores[0] == pytest.approx(1 / (1 + math.exp(-2.0)))
 
 
+def test_decode_reframes_boxes_but_not_keypoints() -> None:
+    anchors = bf.generate_anchors(bf.FULL_RANGE_GEOMETRY)
+    k = 1000
+    ax, ay = anchors[k]
+    values = [0, 0, 40, 40] + [-8, -6, 8, -6, 0, 2, 0, 10, -14, -4, 14, -4]
+    raw_boxes, raw_scores = raw_outputs(2304, {k: (2.0, values)})
+    plain = bf.decode(raw_boxes, raw_scores, anchors, 192, 0.5)
+    framed = bf.decode(raw_boxes, raw_scores, anchors, 192, 0.5, box_scale=0.5, box_shift_y=0.25)
+    side = 40 / 192 * 0.5
+    cy = ay + 0.25 * side  # the centre moves down by a quarter of the new side
+    np.testing.assert_allclose(
+        framed.boxes_xyxy[0], [ax - side / 2, cy - side / 2, ax + side / 2, cy + side / 2], atol=1e-6
+    )
+    np.testing.assert_array_equal(framed.keypoints_xy, plain.keypoints_xy)
+
+
 def test_decode_drops_low_scores_and_survives_extreme_logits() -> None:
     anchors = bf.generate_anchors(bf.SHORT_RANGE_GEOMETRY)
     raw_boxes, raw_scores = raw_outputs(896, {3: (0.1, [0] * 16), 4: (-0.1, [0] * 16), 5: (1e9, [0] * 16)})
@@ -395,6 +411,34 @@ def test_eye_keypoints_sit_on_the_eyes_and_follow_head_roll(detector_paths, labe
     eye_mid = rot @ np.array([(rx + lx) / 2, (ry + ly) / 2, 1.0])
     got_mid = np.mean([turned_box.right_eye_xy, turned_box.left_eye_xy], axis=0)
     assert np.linalg.norm(got_mid - eye_mid) < 0.08 * box.w
+
+
+def test_both_models_frame_the_same_face_alike(detector_paths, labelled_frames) -> None:
+    """The full-range boxes are reframed to the short-range framing, which
+    the FER crop margins and the emoji sizes were measured with."""
+    if detector_paths[1] is None:
+        pytest.skip("full-range BlazeFace model not installed")
+    frames, _ = labelled_frames
+    short = bf.BlazeFaceModel.load(detector_paths[0], bf.SHORT_RANGE_GEOMETRY, 1, bf.SHORT_RANGE_MARGIN)
+    full = bf.BlazeFaceModel.load(detector_paths[1], bf.FULL_RANGE_GEOMETRY)
+
+    def boxes(model: bf.BlazeFaceModel, image: np.ndarray) -> np.ndarray:
+        dets, lb = model.run(image, 0.5)
+        dets = bf.weighted_nms(dets)
+        return lb.to_full(dets.boxes_xyxy.reshape(-1, 2, 2), model.geometry.input_side).reshape(-1, 4)
+
+    side_ratio, dy = [], []
+    for image in frames.values():
+        full_boxes = boxes(full, image)
+        for s in boxes(short, image):
+            iou = bf._iou_one_to_many(s, full_boxes) if len(full_boxes) else np.zeros(0)
+            if len(iou) and iou.max() >= 0.5:
+                f = full_boxes[int(iou.argmax())]
+                side_ratio.append((f[2] - f[0]) / (s[2] - s[0]))
+                dy.append(((f[1] + f[3]) - (s[1] + s[3])) / 2 / (s[3] - s[1]))
+    assert len(side_ratio) >= 30, f"only {len(side_ratio)} faces found by both models"
+    assert np.median(side_ratio) == pytest.approx(1.0, abs=0.03)
+    assert abs(np.median(dy)) < 0.03
 
 
 def paste_face(background: np.ndarray, face: np.ndarray, face_side_px: int, xy: tuple[int, int]) -> None:
