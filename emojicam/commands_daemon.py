@@ -288,6 +288,8 @@ def _format_status(status: dict[str, Any]) -> str:
     ]
     if status.get("config_error"):
         lines.append(f"config:  last edit NOT applied: {status['config_error']}")
+    if status.get("detector_warning"):
+        lines.append(f"warning: {status['detector_warning']}")
     return "\n".join(lines)
 
 

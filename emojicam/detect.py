@@ -42,6 +42,10 @@ class HaarDetector:
     """OpenCV Haar cascade on a downscaled grayscale copy."""
 
     fer_crop_margins: ClassVar[CropMargins] = HAAR_CROP_MARGINS
+    #: Shown by the tray and ``ctl status`` while this detector runs.
+    privacy_warning: ClassVar[str] = (
+        "Haar face detector: turned faces may show (see 'emojicam doctor')"
+    )
 
     cascade: cv2.CascadeClassifier
     max_side_px: int = 480
@@ -80,6 +84,12 @@ def crop_margins_for(detector: object) -> CropMargins:
     """How to turn this detector's boxes into FER-2013-framed crops."""
     margins = getattr(detector, "fer_crop_margins", HAAR_CROP_MARGINS)
     return margins if isinstance(margins, CropMargins) else HAAR_CROP_MARGINS
+
+
+def privacy_warning(detector: object) -> str | None:
+    """What the user must know about this detector's misses, or None."""
+    warning = getattr(detector, "privacy_warning", None)
+    return warning if isinstance(warning, str) else None
 
 
 def create_detector(cfg: DetectorConfig) -> Detector:

@@ -39,6 +39,7 @@ import cv2
 import numpy as np
 
 from emojicam.config import MODES, Config
+from emojicam.detect import privacy_warning
 from emojicam.live_config import LiveConfig
 from emojicam.pipeline import Pipeline, unvouched_frame
 from emojicam.sender import Sender
@@ -88,6 +89,7 @@ class EngineStatus:
     config_error: str | None
     frames_processed: int
     frames_sent: int
+    detector_warning: str | None = None  # e.g. the Haar fallback, which misses turned faces
 
     @property
     def paused(self) -> bool:
@@ -183,6 +185,7 @@ class Engine:
         self._faces = 0
         self._dominant: str | None = None
         self._config_error: str | None = None
+        self._detector_warning: str | None = None
         self._frame_times: deque[float] = deque(maxlen=60)
         self._frames_processed = 0
         self._frames_sent = 0
@@ -195,6 +198,7 @@ class Engine:
         """Build the pipeline (raises ``SetupError`` on missing models or
         emoji), then start the threads."""
         self._pipeline = self._deps.make_pipeline(self.config)
+        self._note_detector()
         self._threads = [
             threading.Thread(target=self._process_loop, name="emojicam-process", daemon=True),
             threading.Thread(target=Sender(self, self._deps).run, name="emojicam-send", daemon=True),
@@ -329,6 +333,7 @@ class Engine:
                 config_error=self._config_error,
                 frames_processed=self._frames_processed,
                 frames_sent=self._frames_sent,
+                detector_warning=self._detector_warning,
             )
 
     # ------------------------------------------------------------ processing thread
@@ -368,6 +373,7 @@ class Engine:
         )
         if new != old_for_pipeline:
             self._pipeline = self._deps.reconfigure(self._pipeline, old_for_pipeline, new)
+            self._note_detector()
         with self._lock:
             self.config = new
         if dataclasses.replace(old.camera, mirror=False) != dataclasses.replace(new.camera, mirror=False):
@@ -377,6 +383,14 @@ class Engine:
             log.warning("sink settings change after a restart (the virtual camera stays open while running)")
         if old.mode != new.mode:
             log.info("mode: %s", new.mode)
+
+    def _note_detector(self) -> None:
+        warning = privacy_warning(self._pipeline.detector) if self._pipeline is not None else None
+        with self._lock:
+            self._detector_warning = warning
+        if warning and warning not in self._warned:
+            self._warned.add(warning)
+            log.warning("%s", warning)
 
     def _report_bad_config(self, exc: BaseException) -> None:
         message = str(exc)

@@ -87,6 +87,8 @@ def build_menu(status: EngineStatus) -> tuple[MenuEntry, ...]:
         entries.append(MenuEntry(f"Virtual camera {status.sink} (see 'emojicam doctor')", enabled=False))
     if status.config_error:
         entries.append(MenuEntry("Config edit not applied (see log)", enabled=False))
+    if status.detector_warning:
+        entries.append(MenuEntry(status.detector_warning, enabled=False))
     entries += [
         SEPARATOR,
         MenuEntry(
@@ -341,6 +343,7 @@ class _IconUpdater:
             status.faces,
             round(status.fps),
             status.config_error,
+            status.detector_warning,
         )
         if menu_key != self._menu_key and getattr(self.icon, "HAS_MENU", False):
             self._menu_key = menu_key

@@ -183,3 +183,12 @@ def test_help_lists_the_daemon_commands(env: dict[str, str]) -> None:
         assert command in done.stdout
     ctl = emojicam(env, "ctl", "--help")
     assert all(a in ctl.stdout for a in ("status", "mode", "pause", "resume", "reload", "quit"))
+
+
+def test_ctl_status_text_shows_the_detector_warning() -> None:
+    from emojicam.commands_daemon import _format_status
+
+    base = {"state": "running", "mode": "replace", "fps": 30.0, "faces": 1, "camera": "ok"}
+    assert "warning" not in _format_status(base)
+    text = _format_status({**base, "detector_warning": "Haar face detector: turned faces may show"})
+    assert text.splitlines()[-1] == "warning: Haar face detector: turned faces may show"

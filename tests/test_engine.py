@@ -522,3 +522,22 @@ def test_missing_device_is_reported_once_while_retrying(running, tmp_path: Path,
         wait_for(lambda: len(attempts) >= 3, timeout_s=15)
     errors = [r for r in caplog.records if r.levelname == "ERROR" and "no video device" in r.message]
     assert len(errors) == 1, [r.message for r in errors]
+
+
+def test_status_warns_while_the_haar_detector_runs(running, tmp_path: Path, video: Path, caplog) -> None:
+    """Replace mode's mask relies on the detector: the Haar fallback (no
+    BlazeFace model installed) misses turned faces, and the status says so
+    until a reload builds a pipeline with another detector."""
+    from emojicam.config import DetectorConfig
+    from emojicam.detect import HaarDetector
+
+    haar_pipeline = make_fake_pipeline([BOX])
+    haar_pipeline.detector = HaarDetector.create(DetectorConfig())
+    good = base_config(str(video))
+    configs = iter([dataclasses.replace(good, detector=dataclasses.replace(good.detector, min_score=0.6))])
+    eng = running(good, deps=make_deps(tmp_path, pipeline=haar_pipeline), load_config=lambda: next(configs))
+    warning = eng.status().detector_warning
+    assert warning is not None and "Haar" in warning and "emojicam doctor" in warning
+    assert warning in caplog.text
+    eng.reload().result(2)  # fake_reconfigure: a fresh pipeline with the fake detector
+    assert eng.status().detector_warning is None

@@ -80,6 +80,9 @@ def test_check_marks_and_lines_follow_state() -> None:
     assert "camera unavailable" in tray.build_menu(status(camera="unavailable"))[0].text
     assert "Config edit not applied (see log)" in menu
     assert not flatten(tray.build_menu(status(sink_kind="preview")))["Show preview"].enabled
+    haar = "Haar face detector: turned faces may show (see 'emojicam doctor')"
+    assert haar in flatten(tray.build_menu(status(detector_warning=haar)))
+    assert not any("Haar" in text for text in menu)
     sink_line = "Virtual camera unavailable (see 'emojicam doctor')"
     assert sink_line in flatten(tray.build_menu(status(sink="unavailable")))
     assert sink_line not in menu
