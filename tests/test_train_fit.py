@@ -23,3 +23,10 @@ def test_tiny_dataset_still_leaves_a_step_to_decay_over():
 def test_fewer_images_than_a_batch_says_what_to_change():
     with pytest.raises(SystemExit, match="--batch-size"):
         schedule_steps(100, Recipe(batch_size=128))
+
+
+def test_a_run_folder_without_run_json_says_what_it_expected(tmp_path):
+    from train.fit import read_manifest
+
+    with pytest.raises(SystemExit, match="python -m train fit"):
+        read_manifest(tmp_path / "typo")

@@ -27,24 +27,21 @@ REPRESENTATIVE_IMAGES = 1000
 MIN_AGREEMENT = 0.99
 
 
-def is_qat_run(run_dir: Path) -> bool:
-    return "qat" in json.loads((run_dir / "run.json").read_text())
-
-
 def load_float_model(run_dir: Path, weights: str = "best.weights.h5", flip_average: bool = True):
     """The trained model of a run (for a QAT run: its int8-simulating graph)."""
     import keras
 
-    from train.fit import Recipe
+    from train.fit import Recipe, read_manifest
     from train.model import build_model, with_flip_average
 
     keras.mixed_precision.set_global_policy("float32")
-    if is_qat_run(run_dir):
+    manifest = read_manifest(run_dir)
+    if "qat" in manifest:
         from train.qat import load_qat_model
 
         model = load_qat_model(run_dir, weights)
     else:
-        recipe = Recipe(**json.loads((run_dir / "run.json").read_text())["recipe"])
+        recipe = Recipe(**manifest["recipe"])
         model = build_model(recipe.arch, recipe.dropout)
         model.load_weights(str(run_dir / weights))
     return with_flip_average(model) if flip_average else model

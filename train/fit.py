@@ -118,7 +118,7 @@ def fit(
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = run_dir / "run.json"
     if manifest.exists():
-        saved = Recipe(**json.loads(manifest.read_text())["recipe"])
+        saved = Recipe(**read_manifest(run_dir)["recipe"])
         if saved != recipe:
             raise SystemExit(
                 f"{manifest}: this run was started with a different recipe:\n"
@@ -187,6 +187,16 @@ def fit(
     )
     (run_dir / "DONE").write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
     return run_dir / "best.weights.h5"
+
+
+def read_manifest(run_dir: Path) -> dict:
+    """A run folder's ``run.json`` (its recipe, data, and for a QAT run its ranges)."""
+    path = run_dir / "run.json"
+    if not path.is_file():
+        raise SystemExit(
+            f"{path} not found: is {run_dir.name!r} the name of a run made by 'python -m train fit'?"
+        )
+    return json.loads(path.read_text())
 
 
 def schedule_steps(num_images: int, recipe: Recipe) -> tuple[int, int]:

@@ -177,10 +177,10 @@ def qat_run(source_run: Path, data: Path, out_run: Path, *, epochs: int = 2, lr:
     import keras
 
     from train.export import load_float_model
-    from train.fit import Recipe, datasets, run_callbacks, schedule_steps, verbosity
+    from train.fit import Recipe, datasets, read_manifest, run_callbacks, schedule_steps, verbosity
 
     keras.mixed_precision.set_global_policy("float32")
-    source = json.loads((source_run / "run.json").read_text())
+    source = read_manifest(source_run)
     recipe = Recipe(**source["recipe"])
     keras.utils.set_random_seed(recipe.seed)
     trained = load_float_model(source_run, flip_average=False)
@@ -219,10 +219,10 @@ def qat_run(source_run: Path, data: Path, out_run: Path, *, epochs: int = 2, lr:
 
 def load_qat_model(run_dir: Path, weights: str = "best.weights.h5"):
     """A QAT run's model (without flip averaging), weights loaded."""
-    from train.fit import Recipe
+    from train.fit import Recipe, read_manifest
     from train.model import build_model
 
-    manifest = json.loads((run_dir / "run.json").read_text())
+    manifest = read_manifest(run_dir)
     recipe = Recipe(**manifest["recipe"])
     # The QAT graph is built from a float net of the same architecture; its
     # weights are then replaced by the fine-tuned ones.
