@@ -446,14 +446,24 @@ def synthetic_scenarios(
         edge.append(frame(x, h * 0.45, 190, blur=int((w + 200) / n)))
     clips["over_the_edges"] = edge
     # 5. A crowd: 20 faces of 105 px in a 1280x720 frame (a group photo), still, for half a second.
-    cw, ch = 1280, 720
-    crowd = synthetic_background((cw, ch))
-    boxes = []
-    for k in range(20):
-        crowd, box = paste_face(crowd, patch, face, ((k % 5 + 0.5) * cw / 5, (k // 5 + 0.5) * ch / 4), 105)
-        boxes.append(box)
-    clips["crowd_of_20"] = [(crowd, boxes)] * round(fps / 2)
+    clips["crowd_of_20"] = [crowd_frame(patch, face, 105)] * round(fps / 2)
     return clips
+
+
+def crowd_frame(
+    patch: np.ndarray, face: FaceBox, side_px: float, size_wh: tuple[int, int] = (1280, 720), n: int = 20
+) -> tuple[np.ndarray, list[FaceBox]]:
+    """A group photo: ``n`` copies of the face, ``side_px`` wide, on a 5-wide grid."""
+    from tests.factories import paste_face
+
+    w, h = size_wh
+    rows = -(-n // 5)
+    image, boxes = synthetic_background(size_wh), []
+    for k in range(n):
+        centre = ((k % 5 + 0.5) * w / 5, (k // 5 + 0.5) * h / rows)
+        image, box = paste_face(image, patch, face, centre, side_px)
+        boxes.append(box)
+    return image, boxes
 
 
 # ---------------------------------------------------------------- main

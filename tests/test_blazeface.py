@@ -312,14 +312,135 @@ def test_privacy_first_mode_frames_faces_with_the_model_that_is_sure_of_them() -
     detector.set_privacy(True, 0.3)
     big_full = (110.0, 90.0, 410.0, 390.0)  # full-range frames the big face a little differently
     false_alarm = (900.0, 500.0, 1000.0, 600.0)
+    distant = (800.0, 100.0, 890.0, 190.0)  # (90 px: not small enough for a crowd search)
     short.sees, short.scores = [BIG, false_alarm], [0.9, 0.35]
-    full.sees = [big_full, SMALL]
+    full.sees = [big_full, distant]
     image = make_image((1280, 720))
     for _ in range(3):
         boxes = detector.detect(image)
     assert short.runs == 3 and full.runs == 3
     assert (boxes[0].x, boxes[0].y) == (110, 90)  # the face is framed by the model sure of every face
     assert len(boxes) == 3  # and the false alarm is still covered
+
+
+# ---------------------------------------------------------------- crowds: tiles
+
+
+@pytest.mark.parametrize("size_wh", [(1280, 720), (1920, 1080), (640, 480), (720, 1280), (100, 60)])
+def test_crowd_tiles_cover_the_frame_with_overlapping_squares(size_wh) -> None:
+    w, h = size_wh
+    tiles = bf.crowd_tiles(w, h)
+    covered = np.zeros((h, w), int)
+    for x0, y0, x1, y1 in tiles:
+        assert x1 - x0 == y1 - y0 == round(bf.CROWD_TILE_FRAC * max(w, h)) or min(w, h) == x1 - x0
+        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+        covered[y0:y1, x0:x1] += 1
+    assert covered.min() >= 1
+    side = tiles[0][2] - tiles[0][0]
+    for axis in (0, 1):
+        starts = sorted({t[axis] for t in tiles})
+        for a, b in zip(starts, starts[1:], strict=False):
+            assert a + side - b >= round(bf.CROWD_TILE_MIN_OVERLAP * side)  # overlap
+    assert bf.crowd_tiles(1280, 720) == [(0, 0, 720, 720), (560, 0, 1280, 720)]
+
+
+class SquaresModel(ScriptedModel):
+    """A fake full-range model that really looks at the image it is given:
+    it finds the white squares (the "faces") on black, as big in its input
+    as the letterbox makes them, and only those of at least ``min_input_px``
+    input pixels (a real model's smallest face). So a crowd of small squares
+    is missed in the whole frame and found in tiles, and a square cut by a
+    tile's edge gives a box cut there, as a real face would."""
+
+    def __init__(self, min_input_px: float = 10.0) -> None:
+        super().__init__(bf.FULL_RANGE_GEOMETRY)
+        self.min_input_px = min_input_px
+        self.tile_runs = 0
+        self.frame_shape: tuple[int, ...] | None = None
+
+    def run(self, image_bgr: np.ndarray, min_score: float) -> tuple[bf.Detections, bf.Letterbox]:
+        if self.frame_shape is None:
+            self.frame_shape = image_bgr.shape
+        self.tile_runs += image_bgr.shape != self.frame_shape
+        scale = self.geometry.input_side / max(image_bgr.shape[:2])
+        gray = np.ascontiguousarray(image_bgr[:, :, 0])
+        n, _, stats, _ = cv2.connectedComponentsWithStats((gray > 128).astype(np.uint8))
+        self.sees = [
+            (float(x), float(y), float(x + w), float(y + h))
+            for x, y, w, h, _ in stats[1:n]
+            if min(w, h) * scale >= self.min_input_px
+        ]
+        return super().run(image_bgr, min_score)
+
+
+def squares_frame(faces: list[tuple[float, float, float, float]]) -> np.ndarray:
+    frame = np.zeros((720, 1280, 3), np.uint8)
+    for x0, y0, x1, y1 in faces:
+        frame[round(y0) : round(y1), round(x0) : round(x1)] = 255
+    return frame
+
+
+def crowd_detector(short_sees=()) -> tuple[bf.BlazeFaceDetector, SquaresModel]:
+    short = ScriptedModel(bf.SHORT_RANGE_GEOMETRY)
+    short.sees = list(short_sees)
+    full = SquaresModel()
+    return bf.BlazeFaceDetector(short, full), full  # type: ignore[arg-type]
+
+
+def grid_faces(sides: list[float]) -> list[tuple[float, float, float, float]]:
+    """Squares of the given sides on a 5-wide grid over 1280x720 (the middle
+    column lies in both tiles)."""
+    out = []
+    for k, side in enumerate(sides):
+        cx, cy = (k % 5 + 0.5) * 256, (k // 5 + 0.5) * 180
+        out.append((cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2))
+    return out
+
+
+def found_squares(boxes: list) -> list[tuple[int, int, int, int]]:
+    return sorted((b.x, b.y, b.w, b.h) for b in boxes)
+
+
+def expected_squares(faces) -> list[tuple[int, int, int, int]]:
+    return sorted((round(x0), round(y0), round(x1 - x0), round(y1 - y0)) for x0, y0, x1, y1 in faces)
+
+
+def test_in_privacy_mode_a_crowd_is_searched_in_tiles_and_every_face_found() -> None:
+    # four 100 px faces (under 10% of 1280) are found in the whole frame, six of 60 px
+    # (9 px in the model's input) only in the tiles; one straddles the first tile's edge
+    faces = grid_faces([100, 60, 100, 60, 100, 60, 100, 60, 60, 60])
+    faces[3] = (680.0, 230.0, 760.0, 290.0)  # cut at x=720 by the first tile, whole in the second
+    frame = squares_frame(faces)
+    detector, full = crowd_detector()
+    detector.set_privacy(True, 0.3)
+    boxes = detector.detect(frame)
+    assert full.tile_runs == 2
+    assert len(boxes) == 10  # each face once, the cut one from the tile that holds it whole
+    for got, want in zip(found_squares(boxes), expected_squares(faces), strict=True):
+        assert np.abs(np.subtract(got, want)).max() <= 2  # tiles are searched at 0.53x: rounding
+
+
+def test_one_small_face_is_enough_to_search_tiles() -> None:
+    faces = grid_faces([70] + [60] * 9)  # 70 px: under 6% of 1280, still found in the whole frame
+    detector, full = crowd_detector()
+    detector.set_privacy(True, 0.3)
+    assert len(detector.detect(squares_frame(faces))) == 10 and full.tile_runs == 2
+
+
+def test_no_tiles_for_a_close_face_a_small_group_big_faces_or_outside_privacy_mode() -> None:
+    scenes = [
+        [BIG],  # a webcam user
+        grid_faces([100, 100, 100]),  # three people: not a crowd
+        grid_faces([160] * 8),  # eight people, all found in the whole frame
+    ]
+    for faces in scenes:
+        detector, full = crowd_detector()
+        detector.set_privacy(True, 0.3)
+        assert len(detector.detect(squares_frame(faces))) == len(faces) and full.tile_runs == 0
+    normal, full_normal = crowd_detector()
+    frame = squares_frame(grid_faces([100, 60, 100, 60, 100, 60, 100, 60, 60, 60]))
+    counts = [len(normal.detect(frame)) for _ in range(4)]
+    assert counts[-1] == 4 and full_normal.tile_runs == 0  # decorate and label modes: no tiles
 
 
 def test_without_the_full_range_model_short_range_runs_every_call() -> None:
