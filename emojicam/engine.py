@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 import logging
 import os
 import queue
@@ -53,54 +52,13 @@ from emojicam.sources import (
     Source,
     cached_placeholder,
 )
+from emojicam.status import EngineState, EngineStatus
 from emojicam.types import FaceResult, Frame
 
 log = logging.getLogger(__name__)
 
 IDLE_GRACE_S = 1.5  # readers must be gone this long before the camera is released
 STALL_S = 2.0  # no new frame for this long while the camera is "ok": show a placeholder
-
-
-class EngineState(enum.Enum):
-    STARTING = "starting"
-    RUNNING = "running"
-    PAUSED = "paused"
-    IDLE = "idle"  # on-demand: no app is reading the virtual camera
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-
-
-@dataclass(frozen=True)
-class EngineStatus:
-    state: str
-    mode: str
-    fps: float  # frames processed per second, recent
-    faces: int
-    camera: str  # a CameraState value
-    camera_detail: str
-    sink: str  # "ok", "opening", "unavailable", "closed"
-    sink_detail: str
-    sink_kind: str
-    device: str | None
-    readers: int | None  # None: not watched
-    dominant: str | None  # emotion of the largest face
-    mirror: bool
-    preview: bool
-    config_error: str | None
-    frames_processed: int
-    frames_sent: int
-    detector_warning: str | None = None  # e.g. the Haar fallback, which misses turned faces
-
-    @property
-    def paused(self) -> bool:
-        return self.state == EngineState.PAUSED.value
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def summary(self) -> str:
-        camera = self.camera + (f" ({self.camera_detail})" if self.camera_detail else "")
-        return f"{self.state}, mode {self.mode}, {self.fps:.0f} fps, {self.faces} face(s), camera {camera}"
 
 
 @dataclass

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from emojicam.config import MODES
-from emojicam.engine import EngineStatus
+from emojicam.status import EngineStatus
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from emojicam import tray
-from emojicam.engine import EngineStatus
+from emojicam.status import EngineStatus
 from tests.factories import wait_for
 
 BASE = EngineStatus(

@@ -35,7 +35,7 @@ import pytest
 
 from emojicam import control, tray
 from emojicam.config import MODES
-from emojicam.engine import EngineStatus
+from emojicam.status import EngineStatus
 from tests.factories import SELFIE_MP4, daemon_env, wait_for, write_test_video
 from tests.test_daemon_cli import REPO
 from tests.test_daemon_xvfb import find_window, grab, screenshot_dir, varied, xvfb_display
