@@ -249,8 +249,7 @@ def tile_starts(length: int, tile: int, min_overlap: int) -> list[int]:
     neighbours overlapping by at least ``min_overlap`` px."""
     if length <= tile:
         return [0]
-    n = -(-(length - min_overlap) // (tile - min_overlap))  # ceiling division
-    n = max(2, n)
+    n = -(-(length - min_overlap) // (tile - min_overlap))  # ceiling division; 2 or more here
     return [round(i * (length - tile) / (n - 1)) for i in range(n)]
 
 
