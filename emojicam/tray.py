@@ -352,10 +352,16 @@ class _IconUpdater:
 
     def run(self) -> None:
         period_s = 1.0 / max(0.1, self.rate_hz)
+        warned = False
         while not self.engine.shutdown.wait(period_s):
             try:
                 self.tick()
-            except Exception:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - the icon must not take the daemon down
+                # The first failure is worth a line in the log (a stuck icon is
+                # otherwise unexplained); the next ones only with --debug.
+                if not warned:
+                    log.warning("tray icon update failed (%s: %s); retrying", type(exc).__name__, exc)
+                    warned = True
                 log.debug("tray update failed", exc_info=True)
 
 

@@ -9,6 +9,7 @@ import importlib
 import logging
 import sys
 import threading
+import time
 from concurrent.futures import Future
 from pathlib import Path
 from types import SimpleNamespace
@@ -313,6 +314,31 @@ def test_icon_is_resent_only_with_refresh_s(monkeypatch, refresh_s, sent) -> Non
     now[0] += 5.0
     updater.tick()
     assert len(icon.icons) == sent
+
+
+def test_a_failing_icon_update_is_logged_once_and_retried(caplog) -> None:
+    class BrokenIcon(RecordingIcon):
+        def __setattr__(self, name, value) -> None:
+            if name == "icon" and value is not None:
+                self.icons.append(value)
+                raise OSError("X connection broke")
+            object.__setattr__(self, name, value)
+
+    engine = FakeEngine(status())
+    engine.shutdown = threading.Event()
+    icon = BrokenIcon()
+    updater = tray._IconUpdater(icon, engine, 200.0)
+    thread = threading.Thread(target=updater.run)
+    with caplog.at_level(logging.DEBUG, logger="emojicam"):
+        thread.start()
+        deadline = time.monotonic() + 5
+        while len(icon.icons) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        engine.shutdown.set()
+        thread.join(5)
+    assert len(icon.icons) >= 3  # retried on every tick
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "X connection broke" in warnings[0].getMessage()
 
 
 class RunnableEngine(FakeEngine):
