@@ -346,8 +346,8 @@ class CaptureThread:
             while not self._stop.is_set():
                 if self.state is CameraState.RELEASED:
                     self._set_state(CameraState.OPENING)
-                source = self._open_source()
                 try:
+                    source = self._open_source()  # building it too: a bad backend is "not now"
                     source.open()
                 except Exception as exc:  # noqa: BLE001 - any driver error means "not now"
                     self._set_state(CameraState.UNAVAILABLE, str(exc) or type(exc).__name__)

@@ -175,6 +175,31 @@ def test_capture_thread_retries_with_backoff_and_recovers() -> None:
     assert state["closes"] >= 1
 
 
+def test_capture_thread_retries_when_building_the_source_fails() -> None:
+    state = {"attempts": [], "fail_opens": 0, "left": 3, "closes": 0}
+    builds: list[int] = []
+
+    def build() -> ScriptedSource:
+        builds.append(1)
+        if len(builds) <= 2:
+            raise RuntimeError("backend not loaded yet (test)")
+        return ScriptedSource(state)
+
+    slot: LatestSlot[Frame] = LatestSlot()
+    changes: list[tuple[CameraState, str]] = []
+    cap = CaptureThread(build, slot, retry_initial_s=0.02, retry_max_s=0.05,
+                        on_state=lambda s, d: changes.append((s, d)))
+    cap.start()
+    try:
+        deadline = time.monotonic() + 5
+        while cap.frames_read < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert cap.frames_read == 3 and len(builds) >= 3
+        assert any(s is CameraState.UNAVAILABLE and "backend not loaded" in d for s, d in changes)
+    finally:
+        assert cap.stop()
+
+
 def test_capture_thread_survives_a_driver_that_raises_on_close() -> None:
     state = {"attempts": [], "fail_opens": 0, "left": 3, "closes": 0}
 
