@@ -1,7 +1,8 @@
-"""train/fit.py: the learning-rate schedule's step counts (no TensorFlow needed)."""
+"""train/fit.py: the learning-rate schedule's step counts (no TensorFlow needed) and mixup (needs it)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from train.fit import Recipe, schedule_steps
@@ -30,3 +31,40 @@ def test_a_run_folder_without_run_json_says_what_it_expected(tmp_path):
 
     with pytest.raises(SystemExit, match="python -m train fit"):
         read_manifest(tmp_path / "typo")
+
+
+def test_mixup_blends_each_image_and_its_target_with_the_same_partner_and_weight():
+    tf = pytest.importorskip("tensorflow", reason="mixup runs inside the tf.data pipeline; "
+                             "install the 'train' extra to test it")
+    from train.fit import mixup
+
+    tf.random.set_seed(3)
+    n = 64
+    # Image i is filled with the value i, and its target is one-hot on class i % 7,
+    # so every output shows which partner and which weight it was mixed with.
+    x = tf.constant(np.arange(n, dtype=np.float32).reshape(n, 1, 1, 1) * np.ones((1, 48, 48, 1), np.float32))
+    y = tf.constant(np.eye(7, dtype=np.float32)[np.arange(n) % 7])
+    mx, my = (t.numpy() for t in mixup(x, y, alpha=0.4))
+
+    assert mx.shape == (n, 48, 48, 1) and my.shape == (n, 7)
+    np.testing.assert_allclose(my.sum(axis=1), 1.0, atol=1e-6)  # still a distribution
+    assert np.all(mx.std(axis=(1, 2, 3)) < 1e-4)  # whole images blended, not patches
+    mixed = 0
+    for i in range(n):
+        value = mx[i, 0, 0, 0]
+        own = my[i, i % 7]
+        if abs(value - i) < 1e-3:
+            continue  # weight ~1, or partnered with itself
+        mixed += 1
+        # value = lam * i + (1 - lam) * j for one partner j, and the target must
+        # give image i's class that same weight lam (all of it when j shares it).
+        partners = []
+        for j in range(n):
+            if j == i:
+                continue
+            lam = (value - j) / (i - j)
+            class_share = 1.0 if j % 7 == i % 7 else lam
+            if 0 <= lam <= 1 and abs(class_share - own) < 1e-3:
+                partners.append(j)
+        assert partners, f"image {i}: value {value} and target {my[i]} do not come from one partner"
+    assert mixed > n // 2

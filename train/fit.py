@@ -37,6 +37,7 @@ class Recipe:
     ferplus_mix: float = 0.0  # weight of FER+ vote distribution in the target
     dropout: float = 0.4
     erase_prob: float = 0.5
+    mixup: float = 0.0  # Beta(alpha, alpha) of mixup (Zhang et al. 2018); 0 turns it off
     rotate_deg: float = 10.0
     zoom: float = 0.1
     seed: int = 1337
@@ -89,9 +90,28 @@ def _augmenter(recipe: Recipe):
         x = rotate(x, training=True)
         x = tf.cast(zoom(x, training=True), tf.float32)
         x = erase(x)
+        if recipe.mixup > 0:
+            x, y = mixup(x, y, recipe.mixup)
         return x, y
 
     return augment
+
+
+def mixup(x, y, alpha: float):
+    """Mixup within a batch: each image and its target are blended with those of
+    another image of the batch, by a weight drawn from Beta(alpha, alpha) (drawn
+    as a ratio of two Gamma variables, since TensorFlow has no Beta sampler)."""
+    import tensorflow as tf
+
+    n = tf.shape(x)[0]
+    a = tf.random.gamma([n], alpha)
+    b = tf.random.gamma([n], alpha)
+    lam = a / tf.maximum(a + b, 1e-12)
+    partner = tf.random.shuffle(tf.range(n))
+    lam_x = tf.cast(tf.reshape(lam, [-1, 1, 1, 1]), x.dtype)
+    lam_y = tf.cast(tf.reshape(lam, [-1, 1]), y.dtype)
+    return (lam_x * x + (1 - lam_x) * tf.gather(x, partner),
+            lam_y * y + (1 - lam_y) * tf.gather(y, partner))
 
 
 def _targets(labels: np.ndarray, soft: np.ndarray | None, mix: float) -> np.ndarray:

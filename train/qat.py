@@ -199,8 +199,10 @@ def qat_run(source_run: Path, data: Path, out_run: Path, *, epochs: int = 2, lr:
     (out_run / "run.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
     onehot = np.eye(7, dtype=np.float32)
+    # Fine-tuning for int8 uses plain targets: no mixup even if the source run had it.
     ds, val_ds = datasets(train.images[..., None].astype(np.float32), onehot[train.labels],
-                          val.images[..., None].astype(np.float32), onehot[val.labels], recipe)
+                          val.images[..., None].astype(np.float32), onehot[val.labels],
+                          dataclasses.replace(recipe, mixup=0.0))
     _, steps = schedule_steps(len(train.images), dataclasses.replace(recipe, epochs=epochs, warmup_epochs=0))
     model.compile(
         optimizer=keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(lr, steps, alpha=0.01),
