@@ -68,3 +68,22 @@ def test_mixup_blends_each_image_and_its_target_with_the_same_partner_and_weight
                 partners.append(j)
         assert partners, f"image {i}: value {value} and target {my[i]} do not come from one partner"
     assert mixed > n // 2
+
+
+def test_random_crop_cuts_each_image_of_a_batch_at_its_own_place():
+    tf = pytest.importorskip("tensorflow", reason="the crop runs inside the tf.data pipeline; "
+                             "install the 'train' extra to test it")
+    from train.fit import random_crop
+
+    tf.random.set_seed(4)
+    x = np.random.default_rng(0).uniform(0, 255, (32, 48, 48, 1)).astype(np.float32)
+    out = random_crop(tf.constant(x)).numpy()
+    assert out.shape == (32, 48, 48, 1)
+    offsets = []
+    for i in range(32):
+        padded = np.pad(x[i, :, :, 0], 4, mode="reflect")
+        found = [(dy, dx) for dy in range(9) for dx in range(9)
+                 if np.array_equal(out[i, :, :, 0], padded[dy : dy + 48, dx : dx + 48])]
+        assert found, f"image {i} is not a 48x48 window of its reflect-padded self"
+        offsets.append(found[0])
+    assert len(set(offsets)) > 10  # not one place for the whole batch

@@ -83,9 +83,7 @@ def _augmenter(recipe: Recipe):
         return tf.where(mask[..., None], noise, x)
 
     def augment(x: tf.Tensor, y: tf.Tensor):
-        n = tf.shape(x)[0]
-        x = tf.pad(x, [[0, 0], [4, 4], [4, 4], [0, 0]], mode="REFLECT")
-        x = tf.image.random_crop(x, tf.stack([n, 48, 48, 1]))
+        x = random_crop(x)
         x = tf.image.random_flip_left_right(x)
         x = rotate(x, training=True)
         x = tf.cast(zoom(x, training=True), tf.float32)
@@ -95,6 +93,20 @@ def _augmenter(recipe: Recipe):
         return x, y
 
     return augment
+
+
+def random_crop(x, pad: int = 4):
+    """Pad a batch by reflection and cut a 48x48 window at a random place in
+    each image. (``tf.image.random_crop`` on the batch would cut every image of
+    the batch at the same place, as runs made before session 6 did.)"""
+    import tensorflow as tf
+
+    n = tf.shape(x)[0]
+    x = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+    offsets = tf.random.uniform([n, 2], 0, 2 * pad + 1, dtype=tf.int32)
+    window = tf.range(48)[None, :]
+    x = tf.gather(x, offsets[:, :1] + window, axis=1, batch_dims=1)  # rows
+    return tf.gather(x, offsets[:, 1:] + window, axis=2, batch_dims=1)  # columns
 
 
 def mixup(x, y, alpha: float):
@@ -238,7 +250,13 @@ def schedule_steps(num_images: int, recipe: Recipe) -> tuple[int, int]:
 
 def datasets(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
              recipe: Recipe):
-    """Shuffled, augmented training batches and plain validation batches."""
+    """Shuffled, augmented training batches and plain validation batches: a
+    ``tf.data`` pipeline on the TensorFlow backend, else (JAX or PyTorch, as
+    on a GPU machine without TensorFlow) batches from ``train.augment``."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return _numpy_batches(x_train, y_train, recipe), _numpy_batches(x_val, y_val, None)
     import tensorflow as tf
 
     ds = (
@@ -249,6 +267,43 @@ def datasets(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val:
         .prefetch(tf.data.AUTOTUNE)
     )
     return ds, tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(512)
+
+
+def _numpy_batches(x: np.ndarray, y: np.ndarray, recipe: Recipe | None):
+    """A Keras ``PyDataset``: with a recipe, shuffled and augmented batches of
+    ``recipe.batch_size`` (a new order every epoch, reproducible from the seed);
+    without, plain batches of 512 in order (validation)."""
+    import keras
+
+    from train.augment import augment_batch, batch_order
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            # Threads: OpenCV releases the GIL, so augmentation runs in parallel.
+            super().__init__(workers=max(1, min(8, (os.cpu_count() or 1) - 1)), use_multiprocessing=False)
+            self.epoch = 0
+            self.order = self._order()
+
+        def _order(self) -> np.ndarray:
+            if recipe is None:
+                return np.array_split(np.arange(len(x)), -(-len(x) // 512))
+            return batch_order(len(x), recipe.batch_size, recipe.seed, self.epoch)
+
+        def __len__(self) -> int:
+            return len(self.order)
+
+        def __getitem__(self, index: int):
+            ids = self.order[index]
+            if recipe is None:
+                return x[ids], y[ids]
+            rng = np.random.default_rng([recipe.seed, self.epoch, index])
+            return augment_batch(x[ids], y[ids], recipe, rng)
+
+        def on_epoch_end(self) -> None:
+            self.epoch += 1
+            self.order = self._order()
+
+    return Batches()
 
 
 def run_callbacks(run_dir: Path) -> list:
