@@ -87,3 +87,25 @@ def test_random_crop_cuts_each_image_of_a_batch_at_its_own_place():
         assert found, f"image {i} is not a 48x48 window of its reflect-padded self"
         offsets.append(found[0])
     assert len(set(offsets)) > 10  # not one place for the whole batch
+
+
+def test_numpy_batches_for_backends_without_tf_data_cover_the_data_and_reshuffle():
+    pytest.importorskip("keras", reason="the batches are a keras.utils.PyDataset; install the 'train' extra")
+    from train.fit import _numpy_batches
+
+    x = np.arange(300, dtype=np.float32).reshape(300, 1, 1, 1) * np.ones((1, 48, 48, 1), np.float32)
+    y = np.eye(7, dtype=np.float32)[np.arange(300) % 7]
+    recipe = Recipe(batch_size=64, rotate_deg=0.0, zoom=0.0, erase_prob=0.0, mixup=0.0, seed=3)
+    train = _numpy_batches(x, y, recipe)
+    assert len(train) == 4  # 300 // 64 whole batches
+    xb, yb = train[0]
+    assert xb.shape == (64, 48, 48, 1) and yb.shape == (64, 7)
+    first = [int(round(float(np.median(xb[i])))) for i in range(64)]  # the crop keeps each image's value
+    np.testing.assert_array_equal(yb, np.eye(7, dtype=np.float32)[np.array(first) % 7])
+    train.on_epoch_end()
+    xb2, _ = train[0]
+    assert [int(round(float(np.median(xb2[i])))) for i in range(64)] != first  # a new order each epoch
+
+    val = _numpy_batches(x, y, None)
+    seen = np.concatenate([val[i][0][:, 0, 0, 0] for i in range(len(val))])
+    np.testing.assert_array_equal(seen, np.arange(300))  # every image once, in order, unchanged
