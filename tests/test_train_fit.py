@@ -1,4 +1,5 @@
-"""train/fit.py: the learning-rate schedule's step counts (no TensorFlow needed) and mixup (needs it)."""
+"""train/fit.py: the learning-rate schedule's step counts (no framework needed); mixup, the
+per-image crop (need TensorFlow) and the batches for backends without tf.data (need Keras)."""
 
 from __future__ import annotations
 
