@@ -7,6 +7,7 @@ Examples::
     python -m train eval --model models/emotion.tflite --data ../shared/data/fer2013.npz
     python -m train curves --run base-cpu -o models/training_curves.png
     python -m train qat --from-run base-cpu --run base-cpu-qat --data ../shared/data/fer2013.npz
+    python -m train teach --runs deep-a deep-b -o teacher.npz --data ../shared/data/fer2013.npz
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("fit", help="train or resume a run")
     p.add_argument("--data", type=Path, required=True, help="fer2013.npz or fer2013.csv")
     p.add_argument("--ferplus", type=Path, help="ferplus_votes.npz (for --ferplus-mix)")
+    p.add_argument("--teacher", type=Path, help="teacher targets from 'teach' (for --teacher-mix)")
     p.add_argument("--run", required=True, help=f"run name (folder under {DEFAULT_RUNS}) or path")
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     p.add_argument("--progress", choices=["auto", "bar", "line"], default="auto")
@@ -69,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--progress", choices=["auto", "bar", "line"], default="auto")
 
+    p = sub.add_parser("teach", help="an ensemble's predictions on Training, for distillation")
+    p.add_argument("--runs", nargs="+", required=True, help="finished runs to average")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("-o", "--output", type=Path, required=True, help="teacher file (.npz) to write")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="soften the averaged distribution (above 1: flatter; default 1)")
+
     p = sub.add_parser("curves", help="plot a run's training curves")
     p.add_argument("--run", required=True)
     p.add_argument("-o", "--output", type=Path, required=True)
@@ -88,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
         logging.getLogger("train").addHandler(handler)
         init = _run_dir(args.init_from) / "best.weights.h5" if args.init_from else None
-        fit(args.data, run_dir, recipe, ferplus_votes=args.ferplus, progress=args.progress, init_from=init)
+        fit(args.data, run_dir, recipe, ferplus_votes=args.ferplus, teacher=args.teacher,
+            progress=args.progress, init_from=init)
     elif args.cmd == "export":
         from train.export import export
 
@@ -103,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
 
         qat_run(_run_dir(args.from_run), args.data, _run_dir(args.run), epochs=args.epochs, lr=args.lr,
                 progress=args.progress)
+    elif args.cmd == "teach":
+        from train.distill import teach
+
+        teach([_run_dir(r) for r in args.runs], args.data, args.output, args.temperature)
     elif args.cmd == "curves":
         from train.evaluate import plot_curves
 

@@ -35,6 +35,7 @@ class Recipe:
     momentum: float = 0.9
     label_smoothing: float = 0.1
     ferplus_mix: float = 0.0  # weight of FER+ vote distribution in the target
+    teacher_mix: float = 0.0  # weight of the teacher's distribution (--teacher, train/distill.py)
     dropout: float = 0.4
     erase_prob: float = 0.5
     mixup: float = 0.0  # Beta(alpha, alpha) of mixup (Zhang et al. 2018); 0 turns it off
@@ -141,34 +142,51 @@ def fit(
     recipe: Recipe,
     *,
     ferplus_votes: Path | None = None,
+    teacher: Path | None = None,
     progress: str = "auto",
     init_from: Path | None = None,
 ) -> Path:
     """Train (or resume) a run. Returns the path of the best weights."""
+    if recipe.teacher_mix > 0 and teacher is None:
+        raise SystemExit("--teacher-mix needs --teacher FILE (made by 'python -m train teach')")
     import keras
+
+    from train.distill import blend_teacher, load_teacher
+    train = load_fer(data, "train", ferplus_votes=ferplus_votes)
+    val = load_fer(data, "public", ferplus_votes=ferplus_votes)
+    y_train = _targets(train.labels, train.soft, recipe.ferplus_mix)
+    teacher_sha = None
+    if teacher is not None and recipe.teacher_mix > 0:
+        probs, teacher_sha = load_teacher(teacher, len(train.labels))
+        y_train = blend_teacher(y_train, probs, recipe.teacher_mix)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = run_dir / "run.json"
     if manifest.exists():
-        saved = Recipe(**read_manifest(run_dir)["recipe"])
+        saved_manifest = read_manifest(run_dir)
+        saved = Recipe(**saved_manifest["recipe"])
         if saved != recipe:
             raise SystemExit(
                 f"{manifest}: this run was started with a different recipe:\n"
                 f"  saved: {saved}\n  asked: {recipe}\n"
                 "Use the same options to resume, or a new --run name."
             )
+        if saved_manifest.get("teacher_sha256") != teacher_sha:
+            raise SystemExit(
+                f"{manifest}: this run was started with another --teacher file "
+                f"(sha256 {saved_manifest.get('teacher_sha256')}, now {teacher_sha}); "
+                "pass the same file to resume, or a new --run name."
+            )
     else:
-        manifest.write_text(
-            json.dumps({"recipe": asdict(recipe), "data": str(data)}, indent=2)
-        )
+        record = {"recipe": asdict(recipe), "data": str(data)}
+        if teacher_sha is not None:
+            record.update(teacher=str(teacher), teacher_sha256=teacher_sha)
+        manifest.write_text(json.dumps(record, indent=2))
 
     keras.utils.set_random_seed(recipe.seed)
     if recipe.bf16:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
 
-    train = load_fer(data, "train", ferplus_votes=ferplus_votes)
-    val = load_fer(data, "public", ferplus_votes=ferplus_votes)
-    y_train = _targets(train.labels, train.soft, recipe.ferplus_mix)
     y_val = np.eye(7, dtype=np.float32)[val.labels]
     x_train = train.images[..., None].astype(np.float32)
     x_val = val.images[..., None].astype(np.float32)
