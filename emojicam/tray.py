@@ -323,8 +323,9 @@ class _IconUpdater:
         status = self.engine.status()
         name = icon_name(status)
         now = time.monotonic()
-        # with refresh_s, also re-sent that often: pystray's Xorg backend drops an update, rarely
-        # (the GTK backends write a temporary PNG per update, so they get changes only)
+        # with refresh_s, picture and tooltip are also re-sent that often: pystray's Xorg backend
+        # drops an update, rarely (the GTK backends write a temporary PNG per update, so they get
+        # changes only)
         stale = self.refresh_s is not None and now - self._icon_set_s > self.refresh_s
         if name != self._name or stale:
             self.icon.icon = icon_image(name)
@@ -332,7 +333,7 @@ class _IconUpdater:
         title = (
             f"EmojiCam: {status.state}, mode {status.mode}, {status.faces} face(s), camera {status.camera}"
         )
-        if title != self._title:  # not per fps change: fewer cross-thread calls into the backend
+        if title != self._title or stale:  # not per fps change: fewer cross-thread calls into the backend
             self.icon.title = self._title = title
         menu_key = (
             status.state,

@@ -294,26 +294,34 @@ def test_isolated_venv_reads_pyvenv_cfg(monkeypatch, tmp_path: Path, cfg, isolat
 class RecordingIcon:
     def __init__(self) -> None:
         self.icons: list = []
+        self.titles: list = []
         self.icon = self.title = None
 
     def __setattr__(self, name, value) -> None:
         if name == "icon" and value is not None:
             self.icons.append(value)
+        if name == "title" and value is not None:
+            self.titles.append(value)
         object.__setattr__(self, name, value)
 
 
 @pytest.mark.parametrize(("refresh_s", "sent"), [(None, 1), (2.0, 2)])
-def test_icon_is_resent_only_with_refresh_s(monkeypatch, refresh_s, sent) -> None:
-    """The Xorg backend gets the picture again every refresh_s (it may drop
-    one); the GTK backends (a temporary PNG per update) only on a change."""
+def test_icon_and_tooltip_are_resent_only_with_refresh_s(monkeypatch, refresh_s, sent) -> None:
+    """The Xorg backend gets the picture and the tooltip again every refresh_s
+    (it may drop an update, the Xvfb test once kept the bare "EmojiCam" title);
+    the GTK backends (a temporary PNG per update) only on a change."""
     now = [100.0]
     monkeypatch.setattr(tray.time, "monotonic", lambda: now[0])
     icon = RecordingIcon()
     updater = tray._IconUpdater(icon, FakeEngine(status()), 4.0, refresh_s)
     updater.tick()
+    now[0] += 1.0
+    updater.tick()  # nothing changed, not yet stale: nothing sent
+    assert (len(icon.icons), len(icon.titles)) == (1, 1)
     now[0] += 5.0
     updater.tick()
-    assert len(icon.icons) == sent
+    assert (len(icon.icons), len(icon.titles)) == (sent, sent)
+    assert icon.titles[-1].startswith("EmojiCam: ")
 
 
 def test_a_failing_icon_update_is_logged_once_and_retried(caplog) -> None:
