@@ -152,6 +152,9 @@ def fit(
     import keras
 
     from train.distill import blend_teacher, load_teacher
+
+    if teacher is not None and recipe.teacher_mix <= 0:
+        log.warning("--teacher %s is ignored: --teacher-mix is 0 (pass e.g. --teacher-mix 0.5)", teacher)
     train = load_fer(data, "train", ferplus_votes=ferplus_votes)
     val = load_fer(data, "public", ferplus_votes=ferplus_votes)
     y_train = _targets(train.labels, train.soft, recipe.ferplus_mix)
