@@ -24,19 +24,14 @@ log = logging.getLogger("train")
 
 def run_probabilities(run_dir: Path, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """Flip-averaged float probabilities (N, 7) of a run's best weights."""
-    from train.fit import read_manifest
-    from train.model import build_model
+    from train.export import load_float_model
 
-    recipe = read_manifest(run_dir)["recipe"]
     weights = run_dir / "best.weights.h5"
     if not weights.is_file():
         raise SystemExit(f"{weights} not found: has run {run_dir.name!r} finished an epoch?")
-    model = build_model(recipe["arch"], recipe["dropout"])
-    model.load_weights(str(weights))
+    model = load_float_model(run_dir)  # with the mirror average built in, as exported
     x = images[..., None].astype(np.float32)
-    direct = model.predict(x, batch_size=batch_size, verbose=0)
-    mirrored = model.predict(x[:, :, ::-1], batch_size=batch_size, verbose=0)
-    return ((direct + mirrored) / 2).astype(np.float32)
+    return model.predict(x, batch_size=batch_size, verbose=0).astype(np.float32)
 
 
 def teach(run_dirs: list[Path], data: Path, out: Path, temperature: float = 1.0) -> Path:
@@ -92,4 +87,3 @@ def blend_teacher(targets: np.ndarray, teacher: np.ndarray, mix: float) -> np.nd
     if not 0.0 <= mix <= 1.0:
         raise ValueError(f"teacher mix must be in [0, 1], got {mix}")
     return ((1.0 - mix) * targets + mix * teacher).astype(np.float32)
-

@@ -155,11 +155,12 @@ def fit(
 
     if teacher is not None and recipe.teacher_mix <= 0:
         log.warning("--teacher %s is ignored: --teacher-mix is 0 (pass e.g. --teacher-mix 0.5)", teacher)
+        teacher = None
     train = load_fer(data, "train", ferplus_votes=ferplus_votes)
     val = load_fer(data, "public", ferplus_votes=ferplus_votes)
     y_train = _targets(train.labels, train.soft, recipe.ferplus_mix)
     teacher_sha = None
-    if teacher is not None and recipe.teacher_mix > 0:
+    if teacher is not None:
         probs, teacher_sha = load_teacher(teacher, len(train.labels))
         y_train = blend_teacher(y_train, probs, recipe.teacher_mix)
 
