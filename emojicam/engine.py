@@ -126,6 +126,9 @@ class Engine:
         self._threads: list[threading.Thread] = []
         self._pipeline: Pipeline | None = None
         self._capture: CaptureThread | None = None
+        # Bumped whenever a capture thread is replaced: a thread given up on
+        # (stuck in a driver call) may report back later, and must be ignored.
+        self._capture_gen = 0
 
         # status, written under _lock
         self._state = EngineState.STARTING
@@ -174,11 +177,10 @@ class Engine:
             t.start()
 
     def request_stop(self) -> None:
+        """Ask every thread to stop. Takes no lock: the signal handler calls it,
+        and the main thread it interrupts may be holding ``_lock`` (``status()``)."""
         if not self.shutdown.is_set():
             log.info("shutting down")
-        with self._lock:
-            if self._state is not EngineState.STOPPED:
-                self._state = EngineState.STOPPING
         self.shutdown.set()
         self._wake.set()
 
@@ -236,6 +238,7 @@ class Engine:
     def set_preview(self, show: bool) -> None:
         with self._lock:
             self._preview = bool(show)
+        self._wake.set()  # an idle on-demand engine turns the camera on for the preview
 
     def reload(self) -> Future[Any]:
         """Reload the config files now; the future raises ``ConfigError`` (or
@@ -253,10 +256,10 @@ class Engine:
         with contextlib.suppress(Exception):  # a bad edit is already reported
             self.reload().result(timeout=5.0)
 
-    def set_readers(self, readers: int) -> None:
-        """Called by the reader watcher (any thread)."""
+    def set_readers(self, readers: int | None) -> None:
+        """Called by the reader watcher (any thread); None: not counted."""
         with self._lock:
-            if readers > 0 or (self._readers or 0) > 0:
+            if (readers or 0) > 0 or (self._readers or 0) > 0:
                 self._last_reader_s = self._clock()
             self._readers = readers
         self._wake.set()
@@ -273,8 +276,9 @@ class Engine:
                 if len(recent) > 1 and recent[-1] > recent[0]
                 else 0.0
             )
+            stopping = self.shutdown.is_set() and self._state is not EngineState.STOPPED
             return EngineStatus(
-                state=self._state.value,
+                state=EngineState.STOPPING.value if stopping else self._state.value,
                 mode=self.config.mode,
                 fps=round(fps, 1),
                 faces=self._faces,
@@ -362,14 +366,20 @@ class Engine:
         with self._lock:
             if self._paused or self.shutdown.is_set():
                 return False
-            if not self._sink_tried and self.config.sink.on_demand and self.config.sink.kind == "virtual":
-                return False  # learn whether anyone watches before turning the camera on
-            if self._readers is None or not self.config.sink.on_demand:
+            if self._preview or not (self.config.sink.on_demand and self.config.sink.kind == "virtual"):
                 return True
+            if not self._sink_tried or self._sink_state != "ok":
+                # Learn whether anyone watches before turning the camera on; and
+                # nobody can watch a virtual camera that is not open.
+                return False
+            if self._readers is None:
+                return True  # readers cannot be counted (no inotify): stay on
             return self._readers > 0 or self._clock() - self._last_reader_s < IDLE_GRACE_S
 
-    def _on_camera(self, state: CameraState, detail: str) -> None:
+    def _on_camera(self, state: CameraState, detail: str, gen: int | None = None) -> None:
         with self._lock:
+            if gen is not None and gen != self._capture_gen:
+                return  # from a capture thread already replaced
             self._camera, self._camera_detail = state, detail
         if state is not CameraState.OK:
             self._output.clear()  # never repeat the last face frame over a placeholder
@@ -379,13 +389,16 @@ class Engine:
     def _start_capture(self) -> None:
         cfg = self.config
         self._frames.clear()
+        with self._lock:
+            self._capture_gen += 1
+            gen = self._capture_gen
         self._capture = CaptureThread(
             lambda: self._deps.make_source(self.config),
             self._frames,
             retry_initial_s=cfg.camera.retry_initial_s,
             retry_max_s=cfg.camera.retry_max_s,
             clock=self._clock,
-            on_state=self._on_camera,
+            on_state=lambda state, detail: self._on_camera(state, detail, gen),
         )
         self._capture.start()
 
@@ -394,6 +407,8 @@ class Engine:
             if not self._capture.stop(timeout_s=1.5):
                 log.warning("the camera driver did not return in time; it is released at exit")
             self._capture = None
+            with self._lock:
+                self._capture_gen += 1
             self._on_camera(CameraState.RELEASED, "")
 
     def _drain_commands(self) -> None:
@@ -414,14 +429,13 @@ class Engine:
                 self._drain_commands()
                 active = self._active()
                 with self._lock:
-                    if self._state is not EngineState.STOPPING:
-                        self._state = (
-                            EngineState.RUNNING
-                            if active
-                            else EngineState.PAUSED
-                            if self._paused
-                            else EngineState.IDLE
-                        )
+                    self._state = (
+                        EngineState.RUNNING
+                        if active
+                        else EngineState.PAUSED
+                        if self._paused
+                        else EngineState.IDLE
+                    )
                 if not active:
                     if self._capture is not None:
                         self._stop_capture()
@@ -522,18 +536,23 @@ class Engine:
             self._sink_state, self._sink_detail = state, detail
             if device is not None:
                 self._device = device
-            # Retries go "opening" -> "unavailable" each time: report a problem
-            # once, and again only when it changes or after the sink worked.
+            # Retries go "opening" -> "unavailable" each time (or "opening" ->
+            # "ok" -> "unavailable" for a sink that opens but cannot be written):
+            # report a problem once, and again only when it changes or after the
+            # sink worked (``sink_working``).
             new_problem = state == "unavailable" and detail != self._sink_error_reported
             if state == "unavailable":
                 self._sink_error_reported = detail
-            elif state == "ok":
-                self._sink_error_reported = None
         if new_problem:
             log.error("%s", detail)
             self._emit("sink", detail)
         elif state == "unavailable":
             log.debug("still unavailable: %s", detail)
+
+    def sink_working(self) -> None:
+        """The sink took frames for a while: its next failure is news again."""
+        with self._lock:
+            self._sink_error_reported = None
 
     def sink_tried(self) -> None:
         with self._lock:

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 IDLE_FPS = 2.0  # frames per second sent while paused or while nobody watches
 SINK_MAX_FAILED_WRITES = 5
+SINK_HEALTHY_WRITES = 30  # frames written in a row before a reopened sink counts as working
 
 
 class SenderHost(Protocol):
@@ -44,13 +45,15 @@ class SenderHost(Protocol):
 
     def sink_tried(self) -> None: ...
 
+    def sink_working(self) -> None: ...
+
     def count_sent(self) -> None: ...
 
     def preview_wanted(self) -> bool: ...
 
     def set_preview(self, show: bool) -> None: ...
 
-    def set_readers(self, readers: int) -> None: ...
+    def set_readers(self, readers: int | None) -> None: ...
 
 
 def safe_close(sink: Any) -> None:
@@ -65,7 +68,8 @@ class Sender:
         self.host = host
         self.deps = deps
         self._preview: Sink | None = None
-        self._watcher: Any = None
+        self._watcher: Any = None  # counts the apps reading the open sink (on-demand)
+        self._watch_tried: Sink | None = None  # the sink a watcher was last started for
 
     def run(self) -> None:
         host = self.host
@@ -73,7 +77,7 @@ class Sender:
         size_wh = (cam.width, cam.height)
         retry_s = cam.retry_initial_s
         sink: Sink | None = None
-        failed_writes = 0
+        failed_writes = good_writes = 0
         try:
             while not host.shutdown.is_set():
                 if sink is None:
@@ -82,36 +86,39 @@ class Sender:
                         host.shutdown.wait(retry_s)
                         retry_s = min(2 * retry_s, cam.retry_max_s)
                         continue
-                    retry_s, failed_writes = cam.retry_initial_s, 0
+                    failed_writes = good_writes = 0
+                self._follow_readers(sink)
                 image = host.frame_to_send(size_wh)
                 try:
                     sink.send(image)
-                    failed_writes = 0
-                    host.count_sent()
                 except Exception as exc:  # noqa: BLE001 - a failing device must not stop the daemon
-                    failed_writes += 1
-                    log.warning("writing to the %s sink failed (%s)", sink.kind, exc)
+                    failed_writes, good_writes = failed_writes + 1, 0
+                    log.debug("writing to the %s sink failed (%s)", sink.kind, exc)
                     if failed_writes >= SINK_MAX_FAILED_WRITES:
                         host.report_sink("unavailable", f"writes failing: {exc}; reopening")
-                        safe_close(sink)
+                        self._close(sink)
                         sink = None
+                        # Back off as for a sink that cannot be opened: one that opens
+                        # and then fails again is retried ever more slowly too.
                         host.shutdown.wait(retry_s)
+                        retry_s = min(2 * retry_s, cam.retry_max_s)
                         continue
+                else:
+                    failed_writes, good_writes = 0, good_writes + 1
+                    if good_writes == SINK_HEALTHY_WRITES:
+                        retry_s = cam.retry_initial_s
+                        host.sink_working()
+                    host.count_sent()
                 self._show_preview(sink, image)
                 if host.send_slowly():
                     host.shutdown.wait(1.0 / IDLE_FPS)
                 else:
                     sink.pace()
         finally:
-            if self._watcher is not None:
-                try:
-                    self._watcher.stop()
-                except Exception:  # noqa: BLE001
-                    log.debug("reader watcher stop failed", exc_info=True)
             if self._preview is not None:
                 safe_close(self._preview)
             if sink is not None:
-                safe_close(sink)
+                self._close(sink)
             host.report_sink("closed")
 
     def _open(self) -> Sink | None:
@@ -124,15 +131,36 @@ class Sender:
             host.report_sink("unavailable", str(exc))
             host.sink_tried()
             return None
+        # Count the readers before saying "ok": the engine turns the camera on
+        # for an open on-demand sink whose readers it does not know.
+        self._follow_readers(sink)
         host.report_sink("ok", "", sink.device)
-        if self._watcher is None:
-            self._watcher = self._watch_readers(sink)
         host.sink_tried()
         return sink
 
+    def _close(self, sink: Sink) -> None:
+        self._stop_watcher()
+        self._watch_tried = None
+        safe_close(sink)
+
+    def _follow_readers(self, sink: Sink) -> None:
+        """Keep a reader watcher on ``sink`` while ``sink.on_demand`` asks for
+        one (the setting can change while the daemon runs). A watcher belongs
+        to one open sink: reopening the device ourselves would count as a reader."""
+        wanted = (self.host.config.sink.on_demand and sink.kind == "virtual"
+                  and self.deps.watch_readers is not None)
+        if not wanted:
+            self._watch_tried = None
+            self._stop_watcher()
+        elif self._watcher is not None and not self._watcher.running:
+            # The node went away (module unloaded): stop counting; the writes fail next.
+            self._stop_watcher()
+        elif self._watch_tried is not sink:
+            self._watch_tried = sink
+            self._watcher = self._watch_readers(sink)
+
     def _watch_readers(self, sink: Sink) -> Any:
-        if not self.host.config.sink.on_demand or sink.kind != "virtual" or self.deps.watch_readers is None:
-            return None
+        assert self.deps.watch_readers is not None
         device = sink.device
         if not device or not Path(device).exists():
             return None
@@ -144,6 +172,17 @@ class Sender:
             return None
         log.info("on-demand: the camera turns on while an app reads %s", device)
         return watcher
+
+    def _stop_watcher(self) -> None:
+        """Stop counting readers; the engine then treats the count as unknown."""
+        if self._watcher is None:
+            return
+        try:
+            self._watcher.stop()
+        except Exception:  # noqa: BLE001
+            log.debug("reader watcher stop failed", exc_info=True)
+        self._watcher = None
+        self.host.set_readers(None)
 
     def _show_preview(self, sink: Sink, image: np.ndarray) -> None:
         """The tray's "Show preview": a window beside the main sink."""

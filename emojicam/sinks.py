@@ -257,7 +257,10 @@ class VirtualCameraSink:
 
 def _fix_hint(system: str) -> str:
     if system == "Linux":
-        return f"Load v4l2loopback with: {v4l2.MODPROBE_LINE}; run 'emojicam doctor' for details"
+        # The device was found (a missing one fails earlier, with the modprobe
+        # line), so loading the module is not the fix here.
+        return ("Check that your user may write to the device (usually: be in the 'video' group) "
+                "and that no other program is sending to it; run 'emojicam doctor' for details")
     if system == "Windows":
         return (
             "Install Unity Capture and register a device named EmojiCam, or install OBS Studio and "

@@ -393,6 +393,8 @@ class CaptureThread:
                 self._stop.wait(0.02)
                 continue
             failed = 0
+            if self._stop.is_set():  # stopped while the driver call blocked: hand nothing on
+                break
             if not got_any:
                 got_any = True
                 self._set_state(CameraState.OK)

@@ -152,6 +152,11 @@ class ReaderWatcher:
     def readers(self) -> int:
         return self._readers
 
+    @property
+    def running(self) -> bool:
+        """False once the watcher thread has ended (stopped, or the node was deleted)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def start(self) -> None:
         """Begin watching; raises OSError when inotify or the node is unavailable."""
         from inotify_simple import INotify, flags

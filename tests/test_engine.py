@@ -16,7 +16,7 @@ import pytest
 
 pyvirtualcam = pytest.importorskip("pyvirtualcam")
 
-from emojicam import control, engine, sinks  # noqa: E402
+from emojicam import control, engine, sender, sinks  # noqa: E402
 from emojicam.config import CameraConfig, Config, ConfigError, SinkConfig, load_config  # noqa: E402
 from emojicam.errors import SetupError  # noqa: E402
 from emojicam.pipeline import reconfigure  # noqa: E402
@@ -541,3 +541,114 @@ def test_status_warns_while_the_haar_detector_runs(running, tmp_path: Path, vide
     assert warning in caplog.text
     eng.reload().result(2)  # fake_reconfigure: a fresh pipeline with the fake detector
     assert eng.status().detector_warning is None
+
+
+def test_a_camera_thread_given_up_on_cannot_blank_its_successor(running, recorder, tmp_path: Path) -> None:
+    """Pausing gives a camera stuck in a driver call 1.5 s, and resuming starts
+    a new capture thread; when the old call returns at last, that thread's
+    "released" must not overwrite the new camera's state or blank the output."""
+    stuck, returned = threading.Event(), threading.Event()
+    plugged, log = threading.Event(), []
+    plugged.set()
+    cameras: list[FakeCamera] = []
+
+    class Cam(FakeCamera):
+        def read(self):
+            if self is cameras[0] and stuck.is_set():
+                time.sleep(2.5)  # a driver call that outlasts the engine's 1.5 s stop timeout
+                returned.set()
+            return super().read()
+
+    def make(cfg: Config) -> Cam:
+        cameras.append(Cam(plugged, log))
+        return cameras[-1]
+
+    eng = running(deps=make_deps(tmp_path, make_source=make))
+    wait_for(lambda: eng.status().camera == "ok")
+    stuck.set()
+    time.sleep(0.1)  # the first camera is inside its blocking read now
+    eng.pause().result(2)
+    wait_for(lambda: eng.status().state == "paused", timeout_s=4)
+    stuck.clear()
+    eng.resume().result(2)
+    wait_for(lambda: len(cameras) == 2 and eng.status().camera == "ok", timeout_s=4)
+    assert returned.wait(4)
+    time.sleep(0.3)  # the old thread ends and reports
+    assert eng.status().camera == "ok"
+    sink = recorder.instances[0]
+    n = sink.count
+    wait_for(lambda: sink.count > n + 5)
+    assert abs(box_mean(sink.frames[-1]) - BACKGROUND) > 40  # processed frames, not the placeholder
+
+
+def test_a_sink_that_opens_but_cannot_be_written_is_retried_ever_more_slowly(
+        running, recorder, tmp_path: Path, video: Path, caplog) -> None:
+    opens: list[float] = []
+    deps = make_deps(tmp_path)
+    make_virtual = deps.make_sink
+
+    def timed(cfg: Config) -> sinks.Sink:
+        sink = make_virtual(cfg)
+        real_open = sink.open
+        sink.open = lambda: opens.append(time.monotonic()) or real_open()  # type: ignore[method-assign]
+        return sink
+
+    cfg = base_config(str(video))
+    cfg = dataclasses.replace(
+        cfg, camera=dataclasses.replace(cfg.camera, retry_initial_s=0.2, retry_max_s=1.0))
+
+    def errors() -> list[str]:
+        return [r.message for r in caplog.records if r.levelname == "ERROR" and "writes failing" in r.message]
+
+    recorder.fail_sends = True
+    with caplog.at_level("INFO", logger="emojicam"):
+        eng = running(cfg, deps=dataclasses.replace(deps, make_sink=timed))
+        wait_for(lambda: len(opens) >= 4, timeout_s=6)
+        gaps = np.diff(opens)
+        # Waits of 0.2, 0.4, 0.8 s between the attempts (plus the failed writes).
+        assert gaps[2] >= 0.8, gaps
+        assert len(errors()) == 1  # reported once, not on every attempt
+
+        recorder.fail_sends = False  # it works for a while: a new failure is news again
+        wait_for(lambda: recorder.instances[-1].count > sender.SINK_HEALTHY_WRITES + 2, timeout_s=6)
+        assert eng.status().sink == "ok"
+        recorder.fail_sends = True
+        wait_for(lambda: len(errors()) == 2, timeout_s=3)
+
+
+def test_on_demand_keeps_the_webcam_off_while_the_virtual_camera_cannot_open(
+        running, tmp_path: Path, video: Path) -> None:
+    """Nobody can watch a virtual camera that is not open: the webcam stays
+    off, unless the user opens the preview window."""
+    sysfs = make_sysfs_tree(tmp_path / "sys-none", [(0, "Integrated Camera", False)])
+
+    def missing(cfg: Config) -> sinks.Sink:
+        return sinks.VirtualCameraSink(cfg.sink, SIZE_WH, system="Linux", sysfs_root=sysfs,
+                                       dev_root=tmp_path, pyvirtualcam_backend=BACKEND)
+
+    plugged, log = threading.Event(), []
+    plugged.set()
+    cfg = base_config(str(video))
+    cfg = dataclasses.replace(cfg, sink=dataclasses.replace(cfg.sink, on_demand=True))
+    deps = make_deps(tmp_path, make_sink=missing, make_source=lambda c: FakeCamera(plugged, log))
+    eng = running(cfg, deps=deps)
+    wait_for(lambda: eng.status().sink == "unavailable")
+    time.sleep(0.5)
+    assert log == [] and eng.status().state == "idle"
+    eng.set_preview(True)  # from the tray: now somebody watches
+    wait_for(lambda: eng.status().camera == "ok")
+    eng.set_preview(False)
+    wait_for(lambda: eng.status().camera == "released")
+    assert log == ["open", "close"]
+
+
+def test_a_stop_request_takes_no_lock(tmp_path: Path) -> None:
+    """The SIGTERM handler calls ``request_stop`` on the main thread, which may
+    be inside ``status()`` (the tray's menu) holding the engine's lock then."""
+    eng = engine.Engine(base_config(0), make_deps(tmp_path))
+    with eng._lock:  # the main thread, interrupted inside status()
+        t = threading.Thread(target=eng.request_stop)
+        t.start()
+        t.join(2.0)
+        assert not t.is_alive(), "request_stop waited for the engine's lock"
+    assert eng.shutdown.is_set() and eng.status().state == "stopping"

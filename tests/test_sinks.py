@@ -128,6 +128,28 @@ def test_every_failing_backend_is_listed(monkeypatch) -> None:
     assert "'obs' backend: no device None (device: default)" in message and "Unity Capture" in message
 
 
+def test_a_found_device_that_will_not_open_is_not_blamed_on_the_module(sysfs: Path) -> None:
+    """The device exists (so v4l2loopback is loaded): the fix is access to it,
+    not the modprobe line."""
+
+    class Denied:
+        def __init__(self, **kw):
+            raise RuntimeError(f"{kw['device']} could not be opened due to missing permissions")
+
+    pyvirtualcam.register_backend("emojicam-test-denied", Denied)
+    try:
+        sink = sinks.VirtualCameraSink(SinkConfig(), (32, 32), system="Linux", sysfs_root=sysfs,
+                                       pyvirtualcam_backend="emojicam-test-denied")
+        with pytest.raises(sinks.SinkError) as err:
+            sink.open()
+    finally:
+        pyvirtualcam.camera.BACKENDS.pop("emojicam-test-denied", None)
+    message = str(err.value)
+    assert "/dev/video10 could not be opened due to missing permissions" in message
+    assert "'video' group" in message and "emojicam doctor" in message
+    assert "modprobe" not in message
+
+
 @pytest.mark.parametrize(
     ("system", "backend", "expected"),
     [

@@ -3,6 +3,7 @@ with inotify on a fake device node, and the engine's on-demand switching."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import threading
@@ -104,9 +105,12 @@ def test_reader_watcher_counts_opens_and_closes(tmp_path: Path) -> None:
         b.close()
         wait(0)
         assert counts == [0, 1, 2, 1, 0]
-        node.unlink()  # the module was unloaded
-        time.sleep(0.3)
-        assert watcher.readers == 0
+        assert watcher.running
+        node.unlink()  # the module was unloaded: the watcher ends
+        deadline = time.monotonic() + 2
+        while watcher.running and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not watcher.running and watcher.readers == 0
     finally:
         watcher.stop()
 
@@ -119,84 +123,175 @@ def test_reader_watcher_start_fails_on_missing_node(tmp_path: Path) -> None:
         watcher.start()
 
 
-@linux_only
-def test_engine_on_demand_with_a_fake_device_node(tmp_path: Path) -> None:
-    """No reader: camera released, idle frames at a low rate; an app opens
-    the node: camera on within a second; it closes: released again."""
-    pytest.importorskip("inotify_simple")
-    pyvirtualcam = pytest.importorskip("pyvirtualcam")
-    from emojicam import engine, sinks
-    from emojicam.config import CameraConfig, Config, SinkConfig
-    from emojicam.pipeline import reconfigure
-    from tests.factories import RecordingBackend, make_box, make_fake_pipeline
+class NodeWriter:
+    """A pyvirtualcam backend that holds the device node open for writing, as
+    v4l2loopback's does (so inotify sees our own opens and closes), and
+    records what is sent."""
 
-    pyvirtualcam.register_backend("emojicam-test-recorder", RecordingBackend)
-    RecordingBackend.instances.clear()
-    RecordingBackend.fail_sends = False
-    dev = tmp_path / "dev"
-    dev.mkdir()
-    node = dev / "video7"
-    node.touch()  # the fake device node
-    sysfs = make_sysfs_tree(tmp_path / "sys", [(7, "EmojiCam", True)])
-    opened: list[str] = []
+    instances: list[NodeWriter] = []
+    fail_sends = False
 
-    class Cam:
-        description = "fake camera"
+    def __init__(self, *, width: int, height: int, fps: float, fourcc: int, device: str | None, **kw) -> None:
+        assert device is not None
+        self._device = device
+        self._file = open(device, "r+b")  # noqa: SIM115 - closed in close()
+        self.count = 0
+        NodeWriter.instances.append(self)
 
-        def open(self):
-            opened.append("open")
+    def send(self, frame: np.ndarray) -> None:
+        if NodeWriter.fail_sends:
+            raise OSError("device write failed (test)")
+        self.count += 1
 
-        def read(self):
-            time.sleep(1 / 60)
-            return np.full((120, 160, 3), 90, np.uint8)
+    def close(self) -> None:
+        self._file.close()
 
-        def close(self):
-            opened.append("close")
+    def device(self) -> str:
+        return self._device
 
-    cfg = Config(camera=CameraConfig(width=160, height=120), sink=SinkConfig(fps=20, on_demand=True))
-    deps = engine.EngineDeps(
-        make_pipeline=lambda c: make_fake_pipeline([make_box(50, 30, 50, 50)]),
-        reconfigure=reconfigure,
-        make_sink=lambda c: sinks.VirtualCameraSink(
-            c.sink,
-            (160, 120),
-            system="Linux",
-            sysfs_root=sysfs,
-            dev_root=dev,
-            pyvirtualcam_backend="emojicam-test-recorder",
-        ),
-        make_source=lambda c: Cam(),
-        watch_readers=lambda device, cb: v4l2.ReaderWatcher(device, cb, proc_root=tmp_path / "noproc"),
-    )
-    eng = engine.Engine(cfg, deps)
-    eng.start()
+    def native_fourcc(self) -> int | None:
+        return None
 
-    def wait(pred, timeout_s=3.0) -> float:
+
+class OnDemand:
+    """An engine with a fake camera and a virtual camera on a fake device node
+    (``node``), reader counting on; ``opened`` logs the camera's opens and closes."""
+
+    def __init__(self, tmp_path: Path, *, on_demand: bool = True) -> None:
+        pytest.importorskip("inotify_simple")
+        pyvirtualcam = pytest.importorskip("pyvirtualcam")
+        from emojicam import engine, sinks
+        from emojicam.config import CameraConfig, Config, SinkConfig
+        from emojicam.pipeline import reconfigure
+        from tests.factories import make_box, make_fake_pipeline
+
+        pyvirtualcam.register_backend("emojicam-test-node-writer", NodeWriter)
+        NodeWriter.instances.clear()
+        NodeWriter.fail_sends = False
+        dev = tmp_path / "dev"
+        dev.mkdir()
+        self.node = dev / "video7"
+        self.node.touch()  # the fake device node
+        sysfs = make_sysfs_tree(tmp_path / "sys", [(7, "EmojiCam", True)])
+        self.opened: list[str] = []
+        opened = self.opened
+
+        class Cam:
+            description = "fake camera"
+
+            def open(self):
+                opened.append("open")
+
+            def read(self):
+                time.sleep(1 / 60)
+                return np.full((120, 160, 3), 90, np.uint8)
+
+            def close(self):
+                opened.append("close")
+
+        self.config = Config(camera=CameraConfig(width=160, height=120, retry_initial_s=0.1),
+                             sink=SinkConfig(fps=20, on_demand=on_demand))
+        deps = engine.EngineDeps(
+            make_pipeline=lambda c: make_fake_pipeline([make_box(50, 30, 50, 50)]),
+            reconfigure=reconfigure,
+            make_sink=lambda c: sinks.VirtualCameraSink(
+                c.sink,
+                (160, 120),
+                system="Linux",
+                sysfs_root=sysfs,
+                dev_root=dev,
+                pyvirtualcam_backend="emojicam-test-node-writer",
+            ),
+            make_source=lambda c: Cam(),
+            watch_readers=lambda device, cb: v4l2.ReaderWatcher(device, cb, proc_root=tmp_path / "noproc"),
+        )
+        self.engine = engine.Engine(self.config, deps, load_config=lambda: self.config)
+        self.idle_grace_s = engine.IDLE_GRACE_S
+
+    def wait(self, pred, timeout_s: float = 3.0) -> float:
         t0 = time.monotonic()
         while not pred():
-            assert time.monotonic() - t0 < timeout_s, eng.status()
+            assert time.monotonic() - t0 < timeout_s, self.engine.status()
             time.sleep(0.02)
         return time.monotonic() - t0
 
-    try:
-        wait(lambda: eng.status().readers == 0 and eng.status().state == "idle")
-        time.sleep(0.5)
-        assert opened == []  # nobody watches: the webcam light never comes on
-        cam = RecordingBackend.instances[0]
-        n0, t0 = cam.count, time.monotonic()
-        time.sleep(1.0)
-        assert (cam.count - n0) / (time.monotonic() - t0) <= 5  # cheap idle frames, low rate
+    def set_on_demand(self, on: bool) -> None:
+        """Edit ``sink.on_demand`` and reload, as a config file edit would."""
+        sink = dataclasses.replace(self.config.sink, on_demand=on)
+        self.config = dataclasses.replace(self.config, sink=sink)
+        self.engine.reload().result(2)
 
-        reader = open(node, "rb")  # noqa: SIM115 - an app opens EmojiCam
-        took = wait(lambda: eng.status().camera == "ok" and eng.status().faces == 1)
-        assert took < 1.0, f"resumed after {took:.2f} s"
-        assert eng.status().readers == 1 and eng.status().state == "running"
+    def idle(self) -> bool:
+        status = self.engine.status()
+        return status.state == "idle" and status.camera == "released"
 
-        reader.close()  # the app is gone: after the grace period the camera is released
-        wait(
-            lambda: eng.status().state == "idle" and eng.status().camera == "released",
-            timeout_s=engine.IDLE_GRACE_S + 2,
-        )
-        assert opened == ["open", "close"]
-    finally:
-        assert eng.close() < 2.0
+
+@pytest.fixture
+def on_demand(tmp_path: Path):
+    made: list[OnDemand] = []
+
+    def make(**kw) -> OnDemand:
+        made.append(OnDemand(tmp_path, **kw))
+        made[-1].engine.start()
+        return made[-1]
+
+    yield make
+    for setup in made:
+        assert setup.engine.close() < 2.0
+
+
+@linux_only
+def test_engine_on_demand_with_a_fake_device_node(on_demand) -> None:
+    """No reader: camera released, idle frames at a low rate; an app opens
+    the node: camera on within a second; it closes: released again."""
+    setup = on_demand()
+    eng, wait = setup.engine, setup.wait
+    wait(lambda: eng.status().readers == 0 and eng.status().state == "idle")
+    time.sleep(0.5)
+    assert setup.opened == []  # nobody watches: the webcam light never comes on
+    cam = NodeWriter.instances[0]
+    n0, t0 = cam.count, time.monotonic()
+    time.sleep(1.0)
+    assert (cam.count - n0) / (time.monotonic() - t0) <= 5  # cheap idle frames, low rate
+
+    reader = open(setup.node, "rb")  # noqa: SIM115 - an app opens EmojiCam
+    took = wait(lambda: eng.status().camera == "ok" and eng.status().faces == 1)
+    assert took < 1.0, f"resumed after {took:.2f} s"
+    assert eng.status().readers == 1 and eng.status().state == "running"
+
+    reader.close()  # the app is gone: after the grace period the camera is released
+    wait(setup.idle, timeout_s=setup.idle_grace_s + 2)
+    assert setup.opened == ["open", "close"]
+
+
+@linux_only
+def test_reopening_the_virtual_camera_is_not_counted_as_a_reader(on_demand) -> None:
+    """Writes fail, the sender closes and reopens the device: inotify sees our
+    own close and open, which must not look like an app starting to watch."""
+    setup = on_demand()
+    eng = setup.engine
+    setup.wait(lambda: eng.status().readers == 0 and setup.idle())
+    NodeWriter.fail_sends = True
+    setup.wait(lambda: eng.status().sink == "unavailable")
+    NodeWriter.fail_sends = False
+    setup.wait(lambda: len(NodeWriter.instances) >= 2 and eng.status().sink == "ok")
+    time.sleep(0.5)
+    assert eng.status().readers == 0 and setup.idle(), eng.status()
+    assert setup.opened == []
+
+    reader = open(setup.node, "rb")  # noqa: SIM115 - the new watcher still counts apps
+    setup.wait(lambda: eng.status().readers == 1 and eng.status().camera == "ok")
+    reader.close()
+
+
+@linux_only
+def test_on_demand_turned_on_while_running_releases_the_camera(on_demand) -> None:
+    setup = on_demand(on_demand=False)
+    eng = setup.engine
+    setup.wait(lambda: eng.status().camera == "ok")
+    assert eng.status().readers is None  # not counted while on-demand is off
+    setup.set_on_demand(True)
+    setup.wait(lambda: eng.status().readers == 0 and setup.idle(), timeout_s=setup.idle_grace_s + 3)
+
+    setup.set_on_demand(False)
+    setup.wait(lambda: eng.status().readers is None and eng.status().camera == "ok")
