@@ -279,15 +279,16 @@ def crowd_tiles(w: int, h: int) -> list[tuple[int, int, int, int]]:
 
 @dataclass(frozen=True)
 class Letterbox:
-    """How a full image maps into the square input: ``input = full * scale + offset``."""
+    """How a full image maps into the square input: ``input = full * scale + offset``,
+    per axis (the image is resized to whole pixels, so the two scales differ a little)."""
 
-    scale: float
+    scale_xy: tuple[float, float]
     offset_xy: tuple[float, float]
 
     def to_full(self, xy: np.ndarray, input_side: int) -> np.ndarray:
         """Normalised input coordinates (..., 2) -> full-image pixels."""
         off = np.array(self.offset_xy, np.float32)
-        return (xy * input_side - off) / self.scale
+        return (xy * input_side - off) / np.array(self.scale_xy, np.float32)
 
 
 @dataclass
@@ -369,7 +370,7 @@ class BlazeFaceModel:
         raw_scores = self.interpreter.get_tensor(self.scores_index)[0]
         geo = self.geometry
         dets = decode(raw_boxes, raw_scores, self.anchors, side, min_score, geo.box_scale, geo.box_shift_y)
-        return dets, Letterbox(rw / w, (float(ox), float(oy)))
+        return dets, Letterbox((rw / w, rh / h), (float(ox), float(oy)))
 
 
 # ---------------------------------------------------------------- detector

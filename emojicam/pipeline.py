@@ -147,8 +147,10 @@ class Pipeline:
         """Detect, track, classify and smooth; no drawing."""
         clock = time.perf_counter
         image = frame.image_bgr
-        self._sync_detector_privacy()
-        run_detector = self._frames_seen % self.detect_every_n == 0
+        strict = self._sync_detector_privacy()
+        # A frame without detection reuses the last boxes: a face that moves or
+        # walks in would show, so the mask detects on every frame.
+        run_detector = strict or self._frames_seen % self.detect_every_n == 0
         frame_no = self._frames_seen
         self._frames_seen += 1
 
@@ -203,16 +205,20 @@ class Pipeline:
         """Run every stage on one frame; return the composed BGR image and results.
 
         Never raises for a bad frame or a failing stage: gray and BGRA frames
-        are converted, an empty frame passes through, and a stage error is
+        are converted, an empty frame passes through (an unusable one too,
+        but blank in ``replace`` mode with privacy on), and a stage error is
         logged once (per kind of error). After an error the frame passes
         through unchanged, except in ``replace`` mode with privacy on, where
         the whole frame is covered (blurred or blanked) instead: a face the
         pipeline cannot vouch for is never shown.
         """
         image = as_bgr(frame.image_bgr)
-        if image is None:  # empty or unusable: nothing to protect or draw on
-            self._warn_once("frame", f"skipping unusable frame of shape {np.shape(frame.image_bgr)}")
-            return np.asarray(frame.image_bgr).copy(), []
+        if image is None:  # empty or unusable: nothing to draw on
+            raw = np.asarray(frame.image_bgr)
+            self._warn_once("frame", f"skipping unusable frame of shape {raw.shape} ({raw.dtype})")
+            if raw.size and raw.ndim in (2, 3) and self.mode == "replace" and self.privacy_action is not None:
+                return np.zeros((*raw.shape[:2], 3), np.uint8), []  # not checked for faces: never shown
+            return raw.copy(), []
         if image is not frame.image_bgr:
             frame = Frame(image, frame.index, frame.timestamp_s)
         try:
@@ -226,15 +232,17 @@ class Pipeline:
             self.failed_frames += 1
             return unvouched_frame(image, self.mode, self.privacy_action), []
 
-    def _sync_detector_privacy(self) -> None:
-        """Tell a privacy-aware detector whether the mask must never slip
-        (checked every frame, so any way of changing the mode is honoured)."""
+    def _sync_detector_privacy(self) -> bool:
+        """Whether the mask must never slip (replace mode, privacy on), told to
+        a privacy-aware detector too (checked every frame, so any way of
+        changing the mode is honoured)."""
         strict = self.mode == "replace" and self.privacy_action is not None
         if strict != self._detector_strict:
             hook = getattr(self.detector, "set_privacy", None)
             if hook is not None:
                 hook(strict, self.privacy_min_score)
             self._detector_strict = strict
+        return strict
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

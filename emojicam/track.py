@@ -28,7 +28,6 @@ MIN_SIZE_RATIO = 0.6
 class _State:
     track: Track
     last_seen_s: float
-    velocity_xy: tuple[float, float] = (0.0, 0.0)
 
 
 @dataclass
@@ -47,7 +46,7 @@ class IoUTracker:
         used_t: set[int] = set()
         used_b: set[int] = set()
         for iou, i, j in pairs:
-            if iou < self.cfg.iou_threshold:
+            if iou <= 0.0 or iou < self.cfg.iou_threshold:  # boxes that do not touch are never the same face
                 break
             if i in used_t or j in used_b:
                 continue

@@ -187,6 +187,20 @@ def test_margin_shrinks_the_frame_into_the_middle_of_the_input() -> None:
     assert np.all(tensor[:, :13] == 0.0) and np.all(tensor[:, 115:] == 0.0)
 
 
+@pytest.mark.parametrize("size_wh", [(1280, 720), (1920, 1080), (640, 480), (720, 1280)])
+def test_the_letterbox_maps_the_image_corners_back_exactly(size_wh: tuple[int, int]) -> None:
+    """The image fills whole input pixels, so its two axes are scaled by slightly
+    different factors (1280x720: 102 / 1280 and 58 / 720); one factor for both
+    put boxes near the bottom of a 720p frame about 7 px too low."""
+    model = fake_model({}, margin_frac=0.1)
+    _, lb = model.run(make_image(size_wh), 0.5)
+    tensor = model.interpreter.inputs[-1][0]
+    rows = np.flatnonzero(np.any(tensor != 0.0, axis=(1, 2)))  # the image; bars and margin are 0
+    cols = np.flatnonzero(np.any(tensor != 0.0, axis=(0, 2)))
+    corners = np.array([[cols[0], rows[0]], [cols[-1] + 1, rows[-1] + 1]], np.float32) / 128
+    np.testing.assert_allclose(lb.to_full(corners, 128), [[0, 0], list(size_wh)], atol=1e-3)
+
+
 def test_small_boxes_are_dropped_and_boxes_are_clipped_to_the_frame() -> None:
     anchors = bf.generate_anchors(bf.SHORT_RANGE_GEOMETRY)
     hits = {**centre_hit(anchors, 700, (64.0, 64.0), 2.0), **centre_hit(anchors, 100, (4.0, 40.0), 20.0)}
@@ -244,13 +258,13 @@ class ScriptedModel:
         self.runs += 1
         side = self.geometry.input_side
         if not self.sees:
-            return bf.Detections.empty(), bf.Letterbox(1.0, (0.0, 0.0))
+            return bf.Detections.empty(), bf.Letterbox((1.0, 1.0), (0.0, 0.0))
         scores = self.scores if self.scores is not None else [0.9] * len(self.sees)
         keep = [i for i, score in enumerate(scores) if score >= min_score]
         boxes = [[v / side for v in self.sees[i]] for i in keep]
         if not boxes:
-            return bf.Detections.empty(), bf.Letterbox(1.0, (0.0, 0.0))
-        return dets_of(boxes, [scores[i] for i in keep]), bf.Letterbox(1.0, (0.0, 0.0))
+            return bf.Detections.empty(), bf.Letterbox((1.0, 1.0), (0.0, 0.0))
+        return dets_of(boxes, [scores[i] for i in keep]), bf.Letterbox((1.0, 1.0), (0.0, 0.0))
 
 
 BIG = (100.0, 100.0, 400.0, 400.0)

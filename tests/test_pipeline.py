@@ -78,12 +78,28 @@ def test_track_ids_stable_across_frames():
 
 
 def test_detect_and_classify_every_n():
-    p = make_pipeline(detect_every_n=3, classify_every_n=3)
+    p = make_pipeline(detect_every_n=3, classify_every_n=3, mode="decorate")
     for i in range(9):
         _, results = p.process(make_frame(index=i))
         assert len(results) == 1
     assert p.detector.calls == 3
     assert p.classifier.batches == [1, 1, 1, 1]  # frames 0, 2, 5, 8: first sight, then every 3rd
+
+
+def test_the_privacy_mask_detects_on_every_frame_whatever_every_n_says():
+    """Between detections the boxes stand still: a face moving 40 px a frame
+    would slide out from under its emoji, and a newcomer would show."""
+    p = make_pipeline([make_box(0, 100, 80, 80)], detect_every_n=3)
+    for i in range(6):
+        p.detector.boxes = [make_box(40 * i, 100, 80, 80)]
+        image, results = p.process(make_frame(index=i))
+        assert [r.box.x for r in results] == [40 * i]
+        assert (image[100:180, 40 * i : 40 * i + 80] == 255).all()  # covered where it is now
+    assert p.detector.calls == 6
+    p = dataclasses.replace(make_pipeline(detect_every_n=3), privacy_action=None)  # privacy off
+    for i in range(6):
+        p.process(make_frame(index=i))
+    assert p.detector.calls == 2
 
 
 def test_classification_is_per_face_and_spread_over_frames():
@@ -209,6 +225,16 @@ def test_odd_frames_never_raise(image):
     assert isinstance(out, np.ndarray)
     if image.size and image.ndim in (2, 3) and (image.ndim == 2 or image.shape[2] in (1, 3, 4)):
         assert out.shape == image.shape[:2] + (3,) and out.dtype == np.uint8
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int32, bool])
+@pytest.mark.parametrize("channels", [2, 3])
+def test_a_frame_the_pipeline_cannot_read_is_never_shown_behind_the_mask(dtype, channels):
+    image = np.full((48, 64, channels), 200).astype(dtype)
+    out, results = make_pipeline().process(Frame(image, 0, 0.0))  # replace mode, privacy on
+    assert results == [] and out.shape == (48, 64, 3) and out.dtype == np.uint8 and not out.any()
+    out, _ = make_pipeline(mode="decorate").process(Frame(image, 0, 0.0))
+    assert np.array_equal(out, image)  # other modes pass it on as it came
 
 
 def test_reconfigure_camera_or_sink_change_keeps_stages():

@@ -53,6 +53,17 @@ def test_far_box_starts_new_track():
     assert [t.missed_frames for t in sorted(tracks, key=lambda t: t.track_id)] == [1, 0]
 
 
+def test_an_iou_threshold_of_zero_never_pairs_boxes_that_do_not_touch():
+    """With ``iou_threshold: 0`` a missed face's held track must not jump onto
+    a newcomer elsewhere: the missed face would lose its emoji."""
+    tracker = IoUTracker(TrackerConfig(iou_threshold=0.0))
+    tracker.update([make_box(x=10, y=10)], 0.0)
+    tracks = tracker.update([make_box(x=500, y=300)], 0.03)
+    held = [t for t in tracks if t.track_id == 1]
+    assert held and held[0].box == make_box(x=10, y=10) and held[0].missed_frames == 1
+    assert len(tracks) == 2
+
+
 def test_fast_move_keeps_identity_and_leaves_no_ghost():
     tracker = IoUTracker(TrackerConfig(iou_threshold=0.3, hold_s=0.5))
     (a,) = tracker.update([make_box(x=100, w=100, h=100)], 0.0)
