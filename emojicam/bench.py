@@ -365,14 +365,10 @@ def build_bench_pipeline(config: Config, threads: int) -> tuple[Pipeline, str]:
     """The daemon's pipeline, with every model on ``threads`` threads."""
     from emojicam.pipeline import build_pipeline
 
-    config = dataclasses.replace(config, classifier=dataclasses.replace(config.classifier, threads=threads))
+    config = dataclasses.replace(config, classifier=dataclasses.replace(config.classifier, threads=threads),
+                                 detector=dataclasses.replace(config.detector, threads=threads))
     pipeline = build_pipeline(config)
-    name = type(pipeline.detector).__name__
-    if name == "BlazeFaceDetector" and threads != 1:
-        from emojicam.blazeface import BlazeFaceDetector
-
-        pipeline.detector = BlazeFaceDetector.create(config.detector, threads=threads)
-    return pipeline, name
+    return pipeline, type(pipeline.detector).__name__
 
 
 def frame_stream(options: BenchOptions, detector: Detector) -> Iterator[tuple[np.ndarray, float]]:

@@ -55,7 +55,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    _accept_common_options(sub)
     return parser
+
+
+def _accept_common_options(sub: argparse._SubParsersAction) -> None:
+    """Let ``--config`` and ``--debug`` follow the command as well
+    (``emojicam doctor --config x.yaml``, ``emojicam models status --debug``),
+    at every level of subcommands. ``SUPPRESS``: given before the command,
+    the value is not overwritten by the subcommand's default. (argparse has no
+    public way to walk its subparsers, hence ``_actions``.)"""
+    for p in sub.choices.values():
+        known = {option for action in p._actions for option in action.option_strings}
+        if "--config" not in known:
+            p.add_argument("--config", type=Path, metavar="PATH", default=argparse.SUPPRESS,
+                           help="settings file; overrides the user's and the default config.yaml")
+        if "--debug" not in known:
+            p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                           help="verbose logging and full tracebacks")
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _accept_common_options(action)
 
 
 def setup_logging(debug: bool) -> None:

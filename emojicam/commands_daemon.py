@@ -44,7 +44,6 @@ def register(subparsers: Any) -> None:
         choices=("virtual", "preview", "null"),
         help="where frames go: the virtual camera, a preview window, or nowhere; overrides sink.kind",
     )
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="verbose logging")
     p.set_defaults(handler=cmd_run)
 
     p = subparsers.add_parser(

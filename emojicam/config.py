@@ -210,6 +210,8 @@ def _check_and_merge(into: dict[str, Any], layer: dict[str, Any], source: Path) 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
+        if v is None and isinstance(out.get(k), dict):
+            continue  # a section whose lines are all commented out changes nothing
         if isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = _deep_merge(out[k], v)
         else:
@@ -237,7 +239,8 @@ def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
             raise ConfigError(f"{source}: {name}: unknown setting{hint}; known here: {choices}")
         f, hint = fields[key], hints[key]
         if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, source, prefix=f"{name}.")  # type: ignore[arg-type]
+            section = {} if value is None else value  # `camera:` with every line under it commented out
+            kwargs[key] = _build(hint, section, source, prefix=f"{name}.")  # type: ignore[arg-type]
         else:
             kwargs[key] = _coerce(hint, value, f.metadata, source, name)
     return cls(**kwargs)

@@ -68,15 +68,17 @@ class SystemProbe:
     tray_probe: Callable[[], Check] = field(default=lambda: Check("tray", "skip", "not checked"))
     assets_probe: Callable[[], list[Check]] = field(default=lambda: [])
     explicit_device: str | None = None  # sink.device from the config
+    config_error: str | None = None  # why the config files do not load (the checks then use the defaults)
 
     @classmethod
     def from_system(cls, config_path: str | Path | None = None) -> SystemProbe:
         from emojicam.config import ConfigError, load_config
 
+        config_error = None
         try:
             config = load_config(config_path)
         except ConfigError as exc:
-            log.warning("%s; checking with the defaults", exc)
+            config_error = str(exc)
             config = load_config(None, use_user_file=False)
         return cls(
             system=platform.system(),
@@ -91,6 +93,7 @@ class SystemProbe:
             tray_probe=probe_tray,
             assets_probe=lambda: check_assets(config),
             explicit_device=config.sink.device,
+            config_error=config_error,
         )
 
 
@@ -269,14 +272,16 @@ def check_assets(config: Any) -> list[Check]:
                 "classifier.model to a valid .tflite with its .labels.txt beside it",
             )
         )
-    checks.append(check_emoji_folder(Path(config.emoji.folder) if config.emoji.folder else None))
-    checks.append(check_face_detector(config.detector.backend))
+    checks.append(check_emoji_folder(Path(config.emoji.folder).expanduser() if config.emoji.folder else None))
+    checks.append(check_face_detector(config.detector.backend, full_range=config.detector.full_range))
     return checks
 
 
-def check_face_detector(backend: str, model_path: Path | None = None) -> Check:
-    """The BlazeFace model is installed (without it replace mode relies on the
-    Haar detector, which misses turned faces: the mask would slip)."""
+def check_face_detector(backend: str, model_path: Path | None = None, *, full_range: bool = True,
+                        full_range_path: Path | None = None) -> Check:
+    """The BlazeFace models are installed (without the short-range one replace
+    mode relies on the Haar detector, which misses turned faces; without the
+    full-range one it misses small faces: either way the mask would slip)."""
     if backend == "haar":
         return Check("face detector", "warn", "detector.backend is haar: slower, and it misses turned faces "
                      "(in replace mode those faces show)", "set detector.backend: auto, then run "
@@ -290,14 +295,25 @@ def check_face_detector(backend: str, model_path: Path | None = None) -> Check:
                      "the BlazeFace model is not installed, so EmojiCam falls back to the Haar "
                      "detector, which misses turned faces (in replace mode those faces show)",
                      "emojicam models install")
+    from emojicam.blazeface import find_full_range_model
+
+    full_path = (full_range_path or find_full_range_model()) if full_range else None
     try:
         from emojicam.blazeface import BlazeFaceDetector
         from emojicam.config import DetectorConfig
 
-        BlazeFaceDetector.create(DetectorConfig(), model_path=Path(path))
+        BlazeFaceDetector.create(DetectorConfig(), model_path=Path(path), full_range_path=full_path,
+                                 use_full_range=full_path is not None and Path(full_path).is_file())
     except (SetupError, ValueError) as exc:
         return Check("face detector", "fail", str(exc), "emojicam models install --force")
-    return Check("face detector", "ok", f"BlazeFace model loads ({path})")
+    if full_range and (full_path is None or not Path(full_path).is_file()):
+        return Check("face detector", "warn",
+                     "the full-range BlazeFace model is missing or damaged, so faces narrower than about "
+                     "an eighth of the frame are missed (in replace mode those faces show)",
+                     "emojicam models install --force")
+    if full_path is None:
+        return Check("face detector", "ok", f"BlazeFace model loads ({path}); detector.full_range is off")
+    return Check("face detector", "ok", f"BlazeFace models load ({path}, {full_path})")
 
 
 def check_emoji_folder(folder: Path | None) -> Check:
@@ -506,6 +522,10 @@ def check_camera(p: SystemProbe, emojicam_device: v4l2.VideoDevice | None) -> Ch
 
 def run_checks(p: SystemProbe) -> list[Check]:
     checks: list[Check] = []
+    if p.config_error is not None:
+        checks.append(Check("config", "fail", p.config_error,
+                            "correct that setting: 'emojicam run' refuses to start until then "
+                            "(the checks below used the default settings)"))
     if p.system == "Linux":
         checks += check_module(p)
         device_checks, device = check_device(p)

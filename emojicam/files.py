@@ -76,7 +76,11 @@ def process_image(pipeline: Pipeline, src: Path, dst: Path) -> list[FaceResult]:
 
 
 def process_video(pipeline: Pipeline, src: Path, dst: Path, progress: bool = True) -> int:
-    """Process every frame; returns the number of frames written."""
+    """Process every frame; returns the number of frames written. Raises
+    ``InputError`` when ``dst`` is ``src`` (the writer would empty it before it
+    is read) or when no frame could be read (the empty output is removed)."""
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise InputError(f"{dst}: this is the input video; write the output to another file")
     cap, info = open_video(src)
     fourcc = _FOURCC.get(dst.suffix.lower())
     if fourcc is None:
@@ -101,4 +105,7 @@ def process_video(pipeline: Pipeline, src: Path, dst: Path, progress: bool = Tru
     finally:
         cap.release()
         writer.release()
+    if written == 0:
+        dst.unlink(missing_ok=True)
+        raise InputError(f"{src}: no frame could be read, so nothing was written (is the file complete?)")
     return written

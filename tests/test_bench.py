@@ -258,3 +258,17 @@ def test_commands_plug_into_the_cli(tmp_path, monkeypatch, capsys) -> None:
     assert "missing" in capsys.readouterr().out
     assert cli.main(["bench", "--source", str(tmp_path / "none.mp4"), "--frames", "1"]) == 2
     assert "none.mp4: no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bench_pipeline_honours_full_range_at_any_thread_count(threads: int) -> None:
+    import dataclasses
+
+    from emojicam.blazeface import find_blazeface_model
+    from emojicam.config import Config, DetectorConfig
+
+    if find_blazeface_model() is None:
+        pytest.skip("BlazeFace model not installed (run 'emojicam models install')")
+    config = dataclasses.replace(Config(), detector=DetectorConfig(full_range=False))
+    pipeline, name = bench.build_bench_pipeline(config, threads)
+    assert name == "BlazeFaceDetector" and pipeline.detector.full_range is None

@@ -158,3 +158,48 @@ def test_process_works_from_another_directory_with_image(tmp_path):
     assert "0 face(s)" in out.stdout
     assert (elsewhere / "blank_out.jpg").exists()
     shutil.rmtree(elsewhere)
+
+
+def test_process_refuses_to_write_over_its_input_video(tmp_path):
+    from tests.factories import write_test_video
+
+    src = write_test_video(tmp_path / "clip.avi", n_frames=10)
+    before = src.read_bytes()
+    out = run_cli("process", str(src), "-o", str(tmp_path / "." / "clip.avi"), "--mode", "off", cwd=tmp_path)
+    assert out.returncode != 0 and "this is the input video" in out.stderr, out.stderr
+    assert src.read_bytes() == before  # untouched
+
+
+def test_process_of_a_video_that_yields_no_frame_is_an_error(tmp_path, monkeypatch):
+    """Zero frames written is a failure, not "done": nothing is left behind."""
+    from emojicam import files
+    from emojicam.errors import InputError
+    from tests.factories import make_fake_pipeline, write_test_video
+
+    src = write_test_video(tmp_path / "clip.avi", n_frames=10)
+    dst = tmp_path / "out.avi"
+    monkeypatch.setattr(files, "video_frames", lambda cap, fps: iter(()))  # decoding stops at once
+    with pytest.raises(InputError, match="no frame could be read"):
+        files.process_video(make_fake_pipeline(), src, dst, progress=False)
+    assert not dst.exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--config", "c.yaml", "--debug", "doctor"],
+        ["doctor", "--config", "c.yaml", "--debug"],
+        ["--debug", "models", "status", "--config", "c.yaml"],
+        ["run", "--no-tray", "--debug", "--config", "c.yaml"],
+        ["ctl", "mode", "label", "--debug", "--config", "c.yaml"],
+        ["process", "in.mp4", "-o", "out.mp4", "--config", "c.yaml", "--debug"],
+        ["autostart", "enable", "--config", "c.yaml", "--debug"],
+    ],
+)
+def test_config_and_debug_go_before_or_after_the_command(argv):
+    """The README: every command accepts --config PATH and --debug."""
+    from emojicam.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert args.config == Path("c.yaml") and args.debug is True
+    assert build_parser().parse_args([a for a in argv if a != "--debug"]).debug is False

@@ -51,6 +51,18 @@ def test_layers_user_file_then_explicit_path(tmp_path, monkeypatch):
     assert load_config(explicit, use_user_file=False).mode == "replace"
 
 
+def test_a_section_with_every_line_commented_out_changes_nothing(tmp_path, monkeypatch):
+    """Users copy a section from config.yaml and comment out the lines they
+    do not want; `camera:` alone is an empty section, not an error."""
+    user = tmp_path / "user.yaml"
+    user.write_text("camera:\n  width: 640\n")
+    explicit = tmp_path / "explicit.yaml"
+    explicit.write_text("mode: label\ncamera:\n#  width: 800\nsmoothing:\n")
+    monkeypatch.setattr(cfgmod, "user_config_path", lambda: user)
+    cfg = load_config(explicit)
+    assert (cfg.mode, cfg.camera.width, cfg.smoothing) == ("label", 640, Config().smoothing)
+
+
 def test_config_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         Config().mode = "off"  # type: ignore[misc]

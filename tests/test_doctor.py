@@ -190,6 +190,32 @@ def test_emoji_folder_check(tmp_path: Path) -> None:
     assert "fear.png has no transparency" in check.detail
 
 
+def test_emoji_folder_under_home_is_expanded(tmp_path: Path, monkeypatch) -> None:
+    import dataclasses
+
+    from emojicam.config import Config, EmojiConfig
+    from emojicam.types import Emotion
+
+    for e in Emotion:
+        write_png(tmp_path / "emo" / f"{e.value}.png", make_rgba_art(16))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = dataclasses.replace(Config(), emoji=EmojiConfig(folder="~/emo"))
+    (emoji,) = [c for c in doctor.check_assets(config) if c.name == "emoji"]
+    assert emoji.status == "ok", emoji.detail
+
+
+def test_a_config_that_does_not_load_fails_the_doctor(tmp_path: Path) -> None:
+    bad = tmp_path / "config.yaml"
+    bad.write_text("smoothing:\n  min_hold_s: soon\n")
+    probe = doctor.SystemProbe.from_system(bad)
+    assert probe.config_error is not None and "min_hold_s" in probe.config_error
+    checks = by_name(doctor.run_checks(healthy(tmp_path, config_error=probe.config_error)))
+    assert checks["config"].status == "fail" and "min_hold_s" in checks["config"].detail
+    assert "refuses to start" in checks["config"].fix
+    assert not doctor.all_ok(list(checks.values()))
+    assert "config" not in by_name(doctor.run_checks(healthy(tmp_path)))
+
+
 def test_tray_and_asset_failures_fail_the_run(tmp_path: Path) -> None:
     probe = healthy(tmp_path, tray_probe=lambda: doctor.Check("tray", "warn", "Xorg backend", "install ..."))
     assert not doctor.all_ok(doctor.run_checks(probe))
@@ -230,6 +256,20 @@ def test_face_detector_check_states(tmp_path):
     assert bad.status == "fail" and "--force" in bad.fix
     haar = check_face_detector("haar")
     assert haar.status == "warn" and "misses turned faces" in haar.detail
+
+
+def test_face_detector_check_wants_the_full_range_model_too(tmp_path):
+    from emojicam.blazeface import find_blazeface_model, find_full_range_model
+    from emojicam.doctor import check_face_detector
+
+    short, full = find_blazeface_model(), find_full_range_model()
+    if short is None or full is None:
+        pytest.skip("BlazeFace models not installed (run 'emojicam models install')")
+    assert check_face_detector("auto", short, full_range_path=full).status == "ok"
+    no_full = check_face_detector("auto", short, full_range_path=tmp_path / "none.tflite")
+    assert no_full.status == "warn" and "narrower" in no_full.detail and "install" in no_full.fix
+    off = check_face_detector("auto", short, full_range=False, full_range_path=tmp_path / "none.tflite")
+    assert off.status == "ok" and "full_range is off" in off.detail
 
 
 def test_tray_xorg_says_how_to_get_the_menu() -> None:
