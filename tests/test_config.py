@@ -39,12 +39,19 @@ def test_repo_config_documents_every_setting_with_its_default():
     assert undocumented == []
 
 
-def test_layers_user_file_then_explicit_path(tmp_path, monkeypatch):
+def user_and_explicit_files(tmp_path: Path, monkeypatch, user_text: str, explicit_text: str) -> Path:
+    """A user config file with ``user_text``; returns an explicit one with ``explicit_text``."""
     user = tmp_path / "user.yaml"
-    user.write_text("mode: label\ncamera:\n  width: 640\n")
+    user.write_text(user_text)
     explicit = tmp_path / "explicit.yaml"
-    explicit.write_text("camera:\n  height: 360\n")
+    explicit.write_text(explicit_text)
     monkeypatch.setattr(cfgmod, "user_config_path", lambda: user)
+    return explicit
+
+
+def test_layers_user_file_then_explicit_path(tmp_path, monkeypatch):
+    explicit = user_and_explicit_files(tmp_path, monkeypatch, "mode: label\ncamera:\n  width: 640\n",
+                                       "camera:\n  height: 360\n")
     cfg = load_config(explicit)
     assert (cfg.mode, cfg.camera.width, cfg.camera.height) == ("label", 640, 360)
     assert cfg.camera.fps == 30.0  # untouched default
@@ -54,11 +61,8 @@ def test_layers_user_file_then_explicit_path(tmp_path, monkeypatch):
 def test_a_section_with_every_line_commented_out_changes_nothing(tmp_path, monkeypatch):
     """Users copy a section from config.yaml and comment out the lines they
     do not want; `camera:` alone is an empty section, not an error."""
-    user = tmp_path / "user.yaml"
-    user.write_text("camera:\n  width: 640\n")
-    explicit = tmp_path / "explicit.yaml"
-    explicit.write_text("mode: label\ncamera:\n#  width: 800\nsmoothing:\n")
-    monkeypatch.setattr(cfgmod, "user_config_path", lambda: user)
+    explicit = user_and_explicit_files(tmp_path, monkeypatch, "camera:\n  width: 640\n",
+                                       "mode: label\ncamera:\n#  width: 800\nsmoothing:\n")
     cfg = load_config(explicit)
     assert (cfg.mode, cfg.camera.width, cfg.smoothing) == ("label", 640, Config().smoothing)
 
