@@ -51,16 +51,21 @@ def plist_path(home: Path | None = None) -> Path:
     return (home or Path.home()) / "Library" / "LaunchAgents" / f"{PLIST_LABEL}.plist"
 
 
-def command_line() -> list[str]:
+def command_line(config: Path | None = None) -> list[str]:
     """How to start the daemon: the installed ``emojicam`` script beside this
-    interpreter if there is one, else ``python -m emojicam``."""
+    interpreter if there is one, else ``python -m emojicam``; with
+    ``--config`` (as an absolute path) when one was given."""
     script = Path(sys.executable).with_name("emojicam")
-    if script.exists():
-        return [str(script), "run"]
     found = shutil.which("emojicam")
-    if found:
-        return [found, "run"]
-    return [sys.executable, "-m", "emojicam", "run"]
+    if script.exists():
+        cmd = [str(script), "run"]
+    elif found:
+        cmd = [found, "run"]
+    else:
+        cmd = [sys.executable, "-m", "emojicam", "run"]
+    if config is not None:
+        cmd += ["--config", str(Path(config).expanduser().resolve())]
+    return cmd
 
 
 def _quote(arg: str) -> str:
@@ -163,14 +168,17 @@ def enable(
             "and put a shortcut to 'emojicam' there"
         )
     if method == "systemd":
-        _remove(desktop_path(home))
         _write(unit_path(home), systemd_unit(cmd))
         problem = _systemctl(runner, "daemon-reload") or _systemctl(runner, "enable", UNIT_NAME)
         if problem:
-            return (
-                f"wrote {unit_path(home)}, but enabling it failed ({problem}); run: "
-                f"systemctl --user daemon-reload && systemctl --user enable {UNIT_NAME}"
+            # Nothing changed: the unit goes, and an XDG entry from before stays.
+            _remove(unit_path(home))
+            raise EmojiCamError(
+                f"enabling the systemd user unit failed ({problem}); autostart is unchanged. "
+                "Use the default method (emojicam autostart enable), or once systemctl --user "
+                "works, try again"
             )
+        _remove(desktop_path(home))
         return (
             f"wrote and enabled {unit_path(home)}; EmojiCam starts with your next graphical session "
             f"(start it now with: systemctl --user start {UNIT_NAME})"

@@ -312,7 +312,8 @@ def cmd_autostart(args: argparse.Namespace, *, home: Path | None = None) -> int:
 
     try:
         if args.action == "enable":
-            message = autostart.enable(args.method, home=home)
+            config = getattr(args, "config", None)  # the login instance reads the same settings file
+            message = autostart.enable(args.method, home=home, cmd=autostart.command_line(config))
         elif args.action == "disable":
             message = autostart.disable(home=home)
         else:

@@ -62,9 +62,13 @@ def test_systemd_enable_disable(tmp_path: Path) -> None:
     assert ["systemctl", "--user", "disable", "emojicam.service"] in runner.calls
 
 
-def test_systemd_failure_explains_the_manual_step(tmp_path: Path) -> None:
-    message = autostart.enable("systemd", home=tmp_path, system="Linux", runner=Runner(1), cmd=CMD)
-    assert "Failed to connect to bus" in message and "systemctl --user enable emojicam.service" in message
+def test_systemd_failure_changes_nothing_and_says_so(tmp_path: Path) -> None:
+    autostart.enable("xdg", home=tmp_path, system="Linux", runner=Runner(), cmd=CMD)
+    with pytest.raises(EmojiCamError) as err:
+        autostart.enable("systemd", home=tmp_path, system="Linux", runner=Runner(1), cmd=CMD)
+    assert "Failed to connect to bus" in str(err.value) and "autostart is unchanged" in str(err.value)
+    assert autostart.desktop_path(tmp_path).exists()  # the working entry stays
+    assert not autostart.unit_path(tmp_path).exists()
 
 
 def test_switching_method_leaves_one_entry(tmp_path: Path) -> None:
@@ -99,6 +103,19 @@ def test_quoting(arg: str, quoted: str) -> None:
 def test_command_line_starts_the_daemon() -> None:
     cmd = autostart.command_line()
     assert cmd[-1] == "run" and Path(cmd[0]).is_absolute()
+
+
+def test_autostart_keeps_the_config_file_it_was_enabled_with(tmp_path: Path, monkeypatch) -> None:
+    import platform
+
+    if platform.system() != "Linux":
+        pytest.skip("Linux paths")
+    monkeypatch.chdir(tmp_path)
+    args = argparse.Namespace(action="enable", method="xdg", config=Path("my.yaml"))
+    assert commands_daemon.cmd_autostart(args, home=tmp_path) == 0
+    entry = configparser.ConfigParser(interpolation=None)
+    entry.read(autostart.desktop_path(tmp_path))
+    assert entry["Desktop Entry"]["Exec"].endswith(f"run --config {tmp_path / 'my.yaml'}")
 
 
 def test_cmd_autostart(tmp_path: Path, capsys) -> None:
