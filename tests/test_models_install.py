@@ -182,6 +182,34 @@ def test_find_model_only_returns_verified_files(tmp_path: Path) -> None:
     assert models_install.find_model(SHORT, tmp_path) is None
 
 
+def test_installed_files_are_readable_by_everyone(tmp_path: Path) -> None:
+    """mkstemp makes private files; after 'sudo emojicam models install' (HOME kept)
+    the user's daemon must still read them."""
+    downloader = FakeDownloader({SHORT.wheel_member: MODEL_BYTES})
+    (path,) = models_install.install_models(tmp_path, downloader=downloader, models=[SHORT])
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_folder_that_cannot_be_written_is_a_setup_error(tmp_path: Path) -> None:
+    (tmp_path / "models").write_text("a file where the folder should be")
+    downloader = FakeDownloader({SHORT.wheel_member: MODEL_BYTES})
+    with pytest.raises(SetupError, match="cannot write to .*models.*owner and permissions"):
+        models_install.install_models(tmp_path / "models", downloader=downloader, models=[SHORT])
+
+
+def test_an_unreadable_model_is_reported_not_raised(tmp_path: Path, monkeypatch, caplog) -> None:
+    (tmp_path / "short.tflite").write_bytes(MODEL_BYTES)
+
+    def denied(path: Path) -> str:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(models_install, "sha256_of", denied)  # root reads anything: simulate
+    assert models_install.file_state(SHORT, tmp_path) == "unreadable"
+    with caplog.at_level("WARNING"):
+        assert models_install.find_model(SHORT, tmp_path) is None
+    assert "cannot be read; check its owner and permissions" in caplog.text
+
+
 def test_pinned_files_are_the_mediapipe_face_detectors() -> None:
     for model in models_install.MODEL_FILES:
         assert model.wheel_member.startswith("mediapipe/modules/face_detection/")
