@@ -68,11 +68,14 @@ def command_line(config: Path | None = None) -> list[str]:
     return cmd
 
 
-def _quote(arg: str) -> str:
-    """Quoting for .desktop Exec= and systemd ExecStart= (both take double quotes)."""
+def _quote(arg: str, *, systemd: bool = False) -> str:
+    """Quoting for .desktop Exec= and systemd ExecStart= (both take double
+    quotes). In a .desktop file `` ` `` and ``$`` take a backslash; systemd has no
+    such escapes (it would warn) and writes a literal ``$`` as ``$$``."""
     if arg and not any(c in arg for c in " \t\n\"'\\`$;&|<>()*?#~=%"):
         return arg
-    escaped = arg.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`").replace("$", "\\$")
+    escaped = arg.replace("\\", "\\\\").replace('"', '\\"')
+    escaped = escaped.replace("$", "$$") if systemd else escaped.replace("`", "\\`").replace("$", "\\$")
     return f'"{escaped}"'
 
 
@@ -92,7 +95,7 @@ def desktop_entry(cmd: Sequence[str]) -> str:
 
 
 def systemd_unit(cmd: Sequence[str]) -> str:
-    exec_line = " ".join(_quote(a) for a in cmd).replace("%", "%%")
+    exec_line = " ".join(_quote(a, systemd=True) for a in cmd).replace("%", "%%")
     return (
         "[Unit]\n"
         "Description=EmojiCam: emoji faces as a virtual camera\n"

@@ -100,6 +100,12 @@ def test_quoting(arg: str, quoted: str) -> None:
     assert autostart._quote(arg) == quoted
 
 
+def test_a_dollar_sign_is_doubled_for_systemd() -> None:
+    assert autostart._quote("/opt/$app/emojicam", systemd=True) == '"/opt/$$app/emojicam"'
+    assert autostart._quote("/opt/`a`/x", systemd=True) == '"/opt/`a`/x"'  # no escape in systemd
+    assert 'ExecStart="/opt/$$app/emojicam" run' in autostart.systemd_unit(["/opt/$app/emojicam", "run"])
+
+
 def test_command_line_starts_the_daemon() -> None:
     cmd = autostart.command_line()
     assert cmd[-1] == "run" and Path(cmd[0]).is_absolute()
