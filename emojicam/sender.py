@@ -1,5 +1,6 @@
-"""The engine's sender thread: owns the sink (and the optional preview
-window and the on-demand reader watcher) for the daemon's whole life.
+"""The engine's sender thread: owns the sink and the optional preview window
+for the daemon's whole life, and for each time the sink is open, the
+on-demand reader watcher (a reopen by us must not count as an app watching).
 
 Each turn it asks the engine for the frame to show (the newest processed
 one, repeated when processing falls behind, or a placeholder), sends it, and
@@ -160,9 +161,8 @@ class Sender:
             self._watcher = self._watch_readers(sink)
 
     def _watch_readers(self, sink: Sink) -> Any:
-        assert self.deps.watch_readers is not None
         device = sink.device
-        if not device or not Path(device).exists():
+        if self.deps.watch_readers is None or not device or not Path(device).exists():
             return None
         watcher = self.deps.watch_readers(Path(device), self.host.set_readers)
         try:
