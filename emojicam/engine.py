@@ -141,7 +141,6 @@ class Engine:
         self._sink_error_reported: str | None = None
         self._device: str | None = None
         self._readers: int | None = None
-        self._sink_tried = False  # the sender has tried to open the sink at least once
         self._last_reader_s = float("-inf")
         self._faces = 0
         self._dominant: str | None = None
@@ -368,9 +367,9 @@ class Engine:
                 return False
             if self._preview or not (self.config.sink.on_demand and self.config.sink.kind == "virtual"):
                 return True
-            if not self._sink_tried or self._sink_state != "ok":
-                # Learn whether anyone watches before turning the camera on; and
-                # nobody can watch a virtual camera that is not open.
+            if self._sink_state != "ok":
+                # Not open yet, or not openable: nobody can watch it. (The sender
+                # counts the readers before it reports "ok".)
                 return False
             if self._readers is None:
                 return True  # readers cannot be counted (no inotify): stay on
@@ -543,6 +542,7 @@ class Engine:
             new_problem = state == "unavailable" and detail != self._sink_error_reported
             if state == "unavailable":
                 self._sink_error_reported = detail
+        self._wake.set()  # an on-demand engine may turn the camera on or off
         if new_problem:
             log.error("%s", detail)
             self._emit("sink", detail)
@@ -553,11 +553,6 @@ class Engine:
         """The sink took frames for a while: its next failure is news again."""
         with self._lock:
             self._sink_error_reported = None
-
-    def sink_tried(self) -> None:
-        with self._lock:
-            self._sink_tried = True
-        self._wake.set()
 
     def count_sent(self) -> None:
         with self._lock:

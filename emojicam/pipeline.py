@@ -216,7 +216,7 @@ class Pipeline:
         if image is None:  # empty or unusable: nothing to draw on
             raw = np.asarray(frame.image_bgr)
             self._warn_once("frame", f"skipping unusable frame of shape {raw.shape} ({raw.dtype})")
-            if raw.size and raw.ndim in (2, 3) and self.mode == "replace" and self.privacy_action is not None:
+            if raw.size and raw.ndim in (2, 3) and self.strict_privacy:
                 return np.zeros((*raw.shape[:2], 3), np.uint8), []  # not checked for faces: never shown
             return raw.copy(), []
         if image is not frame.image_bgr:
@@ -232,11 +232,15 @@ class Pipeline:
             self.failed_frames += 1
             return unvouched_frame(image, self.mode, self.privacy_action), []
 
+    @property
+    def strict_privacy(self) -> bool:
+        """Whether the mask must never slip: replace mode with privacy on."""
+        return self.mode == "replace" and self.privacy_action is not None
+
     def _sync_detector_privacy(self) -> bool:
-        """Whether the mask must never slip (replace mode, privacy on), told to
-        a privacy-aware detector too (checked every frame, so any way of
-        changing the mode is honoured)."""
-        strict = self.mode == "replace" and self.privacy_action is not None
+        """``strict_privacy``, told to a privacy-aware detector too (checked
+        every frame, so any way of changing the mode is honoured)."""
+        strict = self.strict_privacy
         if strict != self._detector_strict:
             hook = getattr(self.detector, "set_privacy", None)
             if hook is not None:

@@ -44,8 +44,6 @@ class SenderHost(Protocol):
 
     def report_sink(self, state: str, detail: str = "", device: str | None = None) -> None: ...
 
-    def sink_tried(self) -> None: ...
-
     def sink_working(self) -> None: ...
 
     def count_sent(self) -> None: ...
@@ -130,13 +128,11 @@ class Sender:
             sink.open()
         except Exception as exc:  # noqa: BLE001 - SinkError or a backend's own error
             host.report_sink("unavailable", str(exc))
-            host.sink_tried()
             return None
         # Count the readers before saying "ok": the engine turns the camera on
         # for an open on-demand sink whose readers it does not know.
         self._follow_readers(sink)
         host.report_sink("ok", "", sink.device)
-        host.sink_tried()
         return sink
 
     def _close(self, sink: Sink) -> None:
