@@ -298,15 +298,16 @@ def check_face_detector(backend: str, model_path: Path | None = None, *, full_ra
     from emojicam.blazeface import find_full_range_model
 
     full_path = (full_range_path or find_full_range_model()) if full_range else None
+    have_full = full_path is not None and Path(full_path).is_file()
     try:
         from emojicam.blazeface import BlazeFaceDetector
         from emojicam.config import DetectorConfig
 
         BlazeFaceDetector.create(DetectorConfig(), model_path=Path(path), full_range_path=full_path,
-                                 use_full_range=full_path is not None and Path(full_path).is_file())
+                                 use_full_range=have_full)
     except (SetupError, ValueError) as exc:
         return Check("face detector", "fail", str(exc), "emojicam models install --force")
-    if full_range and (full_path is None or not Path(full_path).is_file()):
+    if full_range and not have_full:
         return Check("face detector", "warn",
                      "the full-range BlazeFace model is missing or damaged, so faces narrower than about "
                      "an eighth of the frame are missed (in replace mode those faces show)",
