@@ -34,6 +34,30 @@ def test_a_run_folder_without_run_json_says_what_it_expected(tmp_path):
         read_manifest(tmp_path / "typo")
 
 
+def _run_with_arch(tmp_path, arch):
+    import json
+
+    run = tmp_path / "source"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"recipe": {"arch": arch}}))
+    return run
+
+
+def test_a_warm_restart_builds_the_architecture_its_source_run_trained(tmp_path):
+    from train.fit import warm_start_arch
+
+    source = _run_with_arch(tmp_path, "deep")
+    assert warm_start_arch(source, None) == "deep"  # --arch left out: follow the source
+    assert warm_start_arch(source, "deep") == "deep"
+
+
+def test_a_warm_restart_into_another_architecture_names_the_one_that_fits(tmp_path):
+    from train.fit import warm_start_arch
+
+    with pytest.raises(SystemExit, match="--arch deep"):
+        warm_start_arch(_run_with_arch(tmp_path, "deep"), "base")
+
+
 def test_mixup_blends_each_image_and_its_target_with_the_same_partner_and_weight():
     tf = pytest.importorskip("tensorflow", reason="mixup runs inside the tf.data pipeline; "
                              "install the 'train' extra to test it")

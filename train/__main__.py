@@ -86,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     if args.cmd == "fit":
-        from train.fit import fit
+        from train.fit import fit, warm_start_arch
 
+        if args.init_from:
+            args.arch = warm_start_arch(_run_dir(args.init_from), args.arch)
         overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe)
                      if getattr(args, f.name) is not None}
         recipe = dataclasses.replace(PRESETS[args.preset], **overrides)

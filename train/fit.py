@@ -253,6 +253,21 @@ def read_manifest(run_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def warm_start_arch(init_dir: Path, asked: str | None) -> str | None:
+    """The architecture a warm restart from ``init_dir`` must build.
+
+    The weights only load into the net they were trained in, so an unset
+    ``--arch`` follows the source run, and a different one is refused here
+    rather than as Keras' shape mismatch deep inside ``load_weights``."""
+    source = read_manifest(init_dir).get("recipe", {}).get("arch")
+    if asked is not None and source is not None and asked != source:
+        raise SystemExit(
+            f"--init-from {init_dir.name}: that run trained --arch {source}, its weights "
+            f"do not fit --arch {asked}; drop --arch or pass --arch {source}."
+        )
+    return asked if asked is not None else source
+
+
 def schedule_steps(num_images: int, recipe: Recipe) -> tuple[int, int]:
     """(warm-up steps, cosine decay steps) for ``num_images`` training images.
 
