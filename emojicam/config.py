@@ -42,7 +42,7 @@ def _num(default: float, lo: float | None = None, hi: float | None = None) -> An
 
 @dataclass(frozen=True)
 class CameraConfig:
-    source: int | str = 0  # webcam index, device path, or a video file (looped)
+    source: int | str = _num(0, 0)  # webcam index, device path, or a video file (looped)
     width: int = _num(1280, 16, 7680)
     height: int = _num(720, 16, 4320)
     fps: float = _num(30.0, 1, 240)
@@ -272,7 +272,8 @@ def _coerce(hint: Any, value: Any, meta: Any, source: str, name: str) -> Any:
             except ConfigError as exc:
                 errors.append(exc)
         names = [("null" if o is type(None) else o.__name__) for o in options]
-        raise bad(" or ".join(_TYPE_WORDS.get(n, n) for n in names))
+        raise bad(" or ".join(_TYPE_WORDS.get(n, n) + (_bounds(meta) if n in ("int", "float") else "")
+                              for n in names))
     if hint is bool:
         if not isinstance(value, bool):
             raise bad("true or false")

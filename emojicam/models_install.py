@@ -119,6 +119,14 @@ def pip_download(dest_dir: Path) -> Path:
         WHEEL_REQUIREMENT,
     ]
     result = _run_pip(base)
+    if result.returncode != 0 and "No module named pip" in result.stderr:
+        # A venv made by uv, or with --without-pip: nothing to do with the network.
+        raise SetupError(
+            f"{sys.executable} has no pip, which 'emojicam models install' uses to fetch "
+            f"the {WHEEL_REQUIREMENT} wheel. Add it ('{sys.executable} -m ensurepip', or "
+            "'uv pip install pip' in a uv venv) and run this again, or download a wheel by hand "
+            f"from {WHEEL_PAGE_URL} and run 'emojicam models install --wheel PATH'"
+        )
     if result.returncode != 0 and "No matching distribution" in result.stderr:
         log.info(
             "no %s wheel for this interpreter; fetching the %s one (same model bytes)",

@@ -87,6 +87,8 @@ def test_config_is_frozen():
         ({"camera": 5}, "f.yaml: camera: expected a mapping, got a number"),
         ({"sink": {"name": ""}}, "f.yaml: sink.name: expected a non-empty string, got ''"),
         ({"detector": {"min_score": float("nan")}}, "f.yaml: detector.min_score: expected a number"),
+        ({"camera": {"source": -3}},
+         "f.yaml: camera.source: expected a whole number >= 0 or a string, got -3"),
     ],
 )
 def test_invalid_values_name_file_key_expected_and_actual(data, message):

