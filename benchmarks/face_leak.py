@@ -20,7 +20,8 @@ misses would never count. So:
   draws every leaking frame, so each can be checked by eye.
 * On synthetic motion, the face region is known exactly: a real face (the
   selfie clip's frame 100) is pasted moving fast (with motion blur), cut in
-  and out, scaled from small to large, and sliding in over the frame's edge.
+  and out, scaled from small to large, sliding in over the frame's edge, as a
+  crowd of 20, and sliding half behind another face and out again.
 
 For each leak the report says why: ``missed`` (no emoji overlaps the face:
 the detector did not find it, or had not looked yet), ``stale`` (the only
@@ -447,7 +448,30 @@ def synthetic_scenarios(
     clips["over_the_edges"] = edge
     # 5. A crowd: 20 faces of 105 px in a 1280x720 frame (a group photo), still, for half a second.
     clips["crowd_of_20"] = [crowd_frame(patch, face, 105)] * round(fps / 2)
+    # 6. Behind another: a second face (100 px) slides from beside a 110 px face to half
+    # behind it and back out, the front head cut out as an oval so the other one shows.
+    behind = []
+    for i in range(n):
+        gap = 1.3 - 0.9 * (1 - abs(2 * i / (n - 1) - 1))  # centre distance in face sides: 1.3 -> 0.4 -> 1.3
+        image, back = paste_face(bg, patch, face, (w * 0.42 + gap * 110, h * 0.5), 100)
+        image, front = paste_head(image, patch, face, (w * 0.42, h * 0.5), 110)
+        behind.append((image, [front, back]))
+    clips["behind_another"] = behind
     return clips
+
+
+def paste_head(
+    image: np.ndarray, patch: np.ndarray, face: FaceBox, centre_xy: tuple[float, float], side_px: float
+) -> tuple[np.ndarray, FaceBox]:
+    """``paste_face``, but only an oval head (the face box and 24% around it)
+    replaces ``image``: what lies behind the head stays visible around it."""
+    from tests.factories import paste_face
+
+    pasted, box = paste_face(image, patch, face, centre_xy, side_px)
+    head = np.zeros(image.shape[:2], np.uint8)
+    axes = (round(box.w * 0.62), round(box.h * 0.62))
+    cv2.ellipse(head, (box.x + box.w // 2, box.y + box.h // 2), axes, 0, 0, 360, 255, -1)
+    return np.where(head[..., None] > 0, pasted, image), box
 
 
 def crowd_frame(
