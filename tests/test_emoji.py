@@ -273,14 +273,30 @@ def test_one_pixel_sprites_keep_their_colour(bundled_set):
 
 
 def test_sprite_centre_disk_is_opaque(bundled_set):
-    # "Opaque" for sizing means alpha >= OPAQUE_ALPHA (the font has 253/255
-    # pixels inside its faces); replace mode fills under it for exactness.
-    for side in (40, 200, 600):
-        s = bundled_set.sprite(Emotion.ANGRY, side)
-        r = bundled_set.art(Emotion.ANGRY).opaque_radius_frac * side - 1.5
-        yy, xx = np.mgrid[0:side, 0:side] + 0.5
-        inside = np.hypot(xx - side / 2, yy - side / 2) <= r
-        assert s.alpha[inside].min() >= round(OPAQUE_ALPHA * 255) - 2, side
+    # The disk that hides a face is sealed at load: the font's fear face has 43
+    # pixels of 253/255 around its brows, which let the camera through by 1/255.
+    for emotion in Emotion:
+        for side in (40, 200, 600):
+            for angle in (0.0, 10.0):
+                s = bundled_set.sprite(emotion, side, angle)
+                n = s.alpha.shape[0]
+                # less a pixel, and one of the art's pixels (256 px) that scaling smooths
+                art = bundled_set.art(emotion)
+                r = art.opaque_radius_frac * side - 1.5 - side / art.side_px
+                yy, xx = np.mgrid[0:n, 0:n] + 0.5
+                inside = np.hypot(xx - n / 2, yy - n / 2) <= r
+                assert s.alpha[inside].min() == 255, (emotion, side, angle)
+
+
+def test_art_with_see_through_pixels_inside_its_disk_is_sealed_without_changing_colour():
+    rgba = make_rgba_art(64)
+    rgba[30:34, 30:34, 3] = 245  # a see-through patch inside the face (alpha >= OPAQUE_ALPHA)
+    assert OPAQUE_ALPHA <= 245 / 255
+    art = EmojiArt.from_rgba8(rgba)
+    np.testing.assert_array_equal(art.premul_bgra[30:34, 30:34, 3], 1.0)
+    expected_bgr = rgba[30:34, 30:34, 2::-1].astype(np.float32) / 255.0
+    np.testing.assert_allclose(art.premul_bgra[30:34, 30:34, :3], expected_bgr, atol=1e-6)
+    assert art.premul_bgra[0, 0, 3] == 0  # outside the disk: untouched
 
 
 def test_sprite_cache_hits_and_angle_rounding(bundled_set):
