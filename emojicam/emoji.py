@@ -49,8 +49,9 @@ MAX_CACHED_SIDE_PX = 1280
 #: Memory the sprite cache may hold.
 CACHE_BUDGET_BYTES = 32 * 1024 * 1024
 #: Alpha (0..1) from which a pixel counts as opaque when sizing the replace
-#: mask (the font has a few 253/255 pixels inside its faces; exact coverage
-#: comes from the fill under the emoji, see compose.py).
+#: mask (the font has a few 253/255 pixels inside its faces); the disk found
+#: is then made fully opaque (``_seal_disk``), and the fill under the emoji
+#: covers the face box exactly (see compose.py).
 OPAQUE_ALPHA = 0.95
 
 _PIL_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
