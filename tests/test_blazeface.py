@@ -244,7 +244,7 @@ def test_a_doubtful_box_never_replaces_a_confident_one() -> None:
 def test_a_face_half_behind_another_keeps_its_own_box() -> None:
     # The second model's box overlaps the first's (IoU 0.33) but is centred half a
     # face away: another face, partly hidden. The same face framed 20% differently
-    # (IoU 0.5) is still one face.
+    # (IoU 0.67) is still one face.
     first = dets_of([[0, 0, 100, 100]], [0.9])
     second = dets_of([[50, 0, 150, 100], [20, 0, 120, 100]], [0.7, 0.8])
     assert bf._iou_one_to_many(first.boxes_xyxy[0], second.boxes_xyxy[:1])[0] > bf.NMS_IOU
