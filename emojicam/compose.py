@@ -28,6 +28,7 @@ interest only, with OpenCV's saturating SIMD ops on uint8 sprites from the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,12 @@ from emojicam.types import Emotion, FaceBox, FaceResult
 
 #: Replace mode: the emoji centre sits this fraction of the box height above the box centre.
 REPLACE_SHIFT_UP_FRAC = 0.06
+#: Replace mode with privacy on: a box that touches a side of the frame (or its
+#: top or bottom) belongs to a face cut by that edge, and BlazeFace frames such
+#: a face short along the edge: 68% to 80% of the face's height on the edge clip
+#: of ``benchmarks/face_leak.py``, against 85% in full view. Such a box is grown
+#: by this much along the edge, about its centre (RELIABILITY.md, finding 13).
+EDGE_GROWTH = 1.3
 #: Replace mode: never trust an art's opaque disk to be smaller than this
 #: fraction of its side when sizing (art with holes is covered by the fill).
 MIN_OPAQUE_RADIUS_FRAC = 0.35
@@ -131,6 +138,8 @@ class EmojiCompositor:
         box = result.box
         if box.w <= 0 or box.h <= 0:
             return
+        if self.privacy_cfg.enabled:
+            box = grown_at_edges(box, (out.shape[1], out.shape[0]))
         art = self.emoji.art(result.emotion)
         cx, cy, side = replace_placement(box, art.opaque_radius_frac, self.emoji_cfg.replace_scale)
         roll = box.roll_deg if self.emoji_cfg.rotate_with_head else 0.0
@@ -202,6 +211,21 @@ def replace_placement(box: FaceBox, opaque_radius_frac: float,
     r_frac = max(opaque_radius_frac, MIN_OPAQUE_RADIUS_FRAC)
     side = max(replace_scale * max(box.w, box.h), reach_px / r_frac, MIN_SPRITE_SIDE_PX)
     return cx, cy, grid_side(side)
+
+
+def grown_at_edges(box: FaceBox, size_wh: tuple[int, int], growth: float = EDGE_GROWTH) -> FaceBox:
+    """``box`` made ``growth`` times taller if it touches the left or right
+    edge of a ``size_wh`` image, and wider if it touches the top or bottom,
+    about its centre (see ``EDGE_GROWTH``)."""
+    w_img, h_img = size_wh
+    w, h = box.w, box.h
+    if box.x <= 0 or box.x + box.w >= w_img:
+        h = max(h, round(h * growth))
+    if box.y <= 0 or box.y + box.h >= h_img:
+        w = max(w, round(w * growth))
+    if (w, h) == (box.w, box.h):
+        return box
+    return dataclasses.replace(box, x=box.x - (w - box.w) // 2, y=box.y - (h - box.h) // 2, w=w, h=h)
 
 
 def grid_side(side: float) -> int:

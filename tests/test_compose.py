@@ -27,6 +27,7 @@ from emojicam.compose import (
     EmojiCompositor,
     badge_position,
     grid_side,
+    grown_at_edges,
     label_layout,
     privacy_cover,
     replace_placement,
@@ -177,6 +178,37 @@ def test_replace_covers_twenty_faces(comp):
              for x, y, s, a in zip(rng.integers(-40, 640, 20), rng.integers(-40, 480, 20),
                                    rng.integers(4, 160, 20), rng.uniform(-60, 60, 20), strict=True)]
     assert_boxes_fully_covered(comp, (640, 480), _results(*boxes))
+
+
+@pytest.mark.parametrize(
+    ("box", "grown"),
+    [
+        (FaceBox(0, 100, 60, 100), FaceBox(0, 85, 60, 130)),  # at the left edge: taller
+        (FaceBox(280, 100, 40, 100), FaceBox(280, 85, 40, 130)),  # at the right edge
+        (FaceBox(100, 0, 100, 50), FaceBox(85, 0, 130, 50)),  # at the top: wider
+        (FaceBox(0, 200, 50, 40), FaceBox(-7, 194, 65, 52)),  # in the bottom-left corner: both
+        (FaceBox(100, 100, 60, 60), FaceBox(100, 100, 60, 60)),  # inside: as it was
+    ],
+)
+def test_a_box_at_the_frame_edge_grows_along_it(box, grown):
+    assert grown_at_edges(box, (320, 240), growth=1.3) == grown
+
+
+def test_replace_with_privacy_covers_more_of_a_face_cut_by_the_edge(emoji_set):
+    # BlazeFace frames a face cut by the frame's side short (RELIABILITY finding 13):
+    # with privacy on the emoji also covers what lies above and below such a box.
+    box = make_box(0, 100, 50, 60)  # touches the left edge
+
+    def covered_rows(privacy: PrivacyConfig) -> int:
+        """Rows covered at the frame's left edge (x = 2)."""
+        c = EmojiCompositor.create(EmojiConfig(replace_scale=1.0), privacy, emoji_set)
+        black = c.compose(np.zeros((240, 320, 3), np.uint8), _results(box), "replace")
+        white = c.compose(np.full((240, 320, 3), 255, np.uint8), _results(box), "replace")
+        return int(np.all(black[:, 2] == white[:, 2], axis=1).sum())
+
+    plain = covered_rows(PrivacyConfig(enabled=False))
+    assert plain >= 60  # the box itself, always
+    assert covered_rows(PrivacyConfig(enabled=True)) >= plain + 10  # measured: 99 rows against 80
 
 
 def test_replace_with_zero_faces_changes_nothing(comp):
