@@ -11,6 +11,8 @@ Modes:
   blending, the face box itself is filled with the emoji's own colour, so even
   art with transparent holes can never let a face pixel through: every pixel
   of every box ends up a pure function of the emoji, whatever the frame held.
+  With privacy on, a box at the frame's edge is first grown along that edge
+  (``grown_at_edges``): the detector frames a face cut by the edge short.
 * ``decorate`` - the face stays visible; an emoji badge sits above the head,
   or beside it when there is no room above.
 * ``label`` - box, emotion name, confidence and a bar chart of all seven
