@@ -87,6 +87,13 @@ class Tracker(Protocol):
         ...
 
 
+class PrivacyAwareTracker(Protocol):
+    """Optional: a tracker that keeps a missed face's box where it was rather
+    than guess where it went (used in replace mode with privacy on)."""
+
+    def set_privacy(self, strict: bool) -> None: ...
+
+
 class Classifier(Protocol):
     def classify(self, image_bgr: np.ndarray, boxes: Sequence[FaceBox]) -> list[EmotionScores]:
         """One ``EmotionScores`` per box, in the same order."""
@@ -140,14 +147,14 @@ class Pipeline:
     failed_frames: int = 0
     _frames_seen: int = 0
     _warned: set[str] = field(default_factory=set)
-    _detector_strict: bool | None = None
+    _stages_strict: bool | None = None  # what the detector and tracker were last told
     _last_classified: dict[int, int] = field(default_factory=dict)  # track id -> frame number
 
     def analyse(self, frame: Frame) -> list[FaceResult]:
         """Detect, track, classify and smooth; no drawing."""
         clock = time.perf_counter
         image = frame.image_bgr
-        strict = self._sync_detector_privacy()
+        strict = self._sync_privacy()
         # A frame without detection reuses the last boxes: a face that moves or
         # walks in would show, so the mask detects on every frame.
         run_detector = strict or self._frames_seen % self.detect_every_n == 0
@@ -237,15 +244,18 @@ class Pipeline:
         """Whether the mask must never slip: replace mode with privacy on."""
         return self.mode == "replace" and self.privacy_action is not None
 
-    def _sync_detector_privacy(self) -> bool:
-        """``strict_privacy``, told to a privacy-aware detector too (checked
-        every frame, so any way of changing the mode is honoured)."""
+    def _sync_privacy(self) -> bool:
+        """``strict_privacy``, told to a privacy-aware detector and tracker too
+        (checked every frame, so any way of changing the mode is honoured)."""
         strict = self.strict_privacy
-        if strict != self._detector_strict:
-            hook = getattr(self.detector, "set_privacy", None)
-            if hook is not None:
-                hook(strict, self.privacy_min_score)
-            self._detector_strict = strict
+        if strict != self._stages_strict:
+            detector_hook = getattr(self.detector, "set_privacy", None)
+            if detector_hook is not None:
+                detector_hook(strict, self.privacy_min_score)
+            tracker_hook = getattr(self.tracker, "set_privacy", None)
+            if tracker_hook is not None:
+                tracker_hook(strict)
+            self._stages_strict = strict
         return strict
 
     def _warn_once(self, key: str, message: str) -> None:

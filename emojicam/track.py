@@ -7,6 +7,11 @@ centre distance, for boxes of similar size, so the face keeps its identity
 instead of leaving a "ghost" box behind for ``hold_s``. A track that the detector misses is kept at its
 last position for ``hold_s`` seconds, so a face that the detector drops for a
 frame or two stays covered in replace mode.
+
+In replace mode with privacy on (``set_privacy``) there is no second pass: a
+face the detector misses on the frame another face appears near it would
+otherwise hand its held box to the newcomer and show. A quick swing then
+leaves a held box behind for ``hold_s`` instead, which only covers background.
 """
 
 from __future__ import annotations
@@ -35,6 +40,11 @@ class IoUTracker:
     cfg: TrackerConfig = field(default_factory=TrackerConfig)
     _tracks: list[_State] = field(default_factory=list)
     _next_id: int = 1
+    _follow_jumps: bool = True  # the second pass, by centre distance (off: set_privacy)
+
+    def set_privacy(self, strict: bool) -> None:
+        """Strict: a missed face's box stays where it was (no second pass)."""
+        self._follow_jumps = not strict
 
     def update(self, boxes: Sequence[FaceBox] | None, timestamp_s: float) -> list[Track]:
         if boxes is None:  # detector skipped this frame: carry tracks forward
@@ -51,7 +61,8 @@ class IoUTracker:
             if i in used_t or j in used_b:
                 continue
             self._assign(i, j, boxes, used_t, used_b, timestamp_s)
-        self._match_by_distance(boxes, used_t, used_b, timestamp_s)
+        if self._follow_jumps:
+            self._match_by_distance(boxes, used_t, used_b, timestamp_s)
         survivors = []
         for i, s in enumerate(self._tracks):
             if i not in used_t:

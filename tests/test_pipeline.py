@@ -102,6 +102,25 @@ def test_the_privacy_mask_detects_on_every_frame_whatever_every_n_says():
     assert p.detector.calls == 2
 
 
+def test_the_privacy_mask_keeps_a_missed_face_covered_when_a_newcomer_appears_beside_it():
+    # The tracker's second pass would hand face A's box to the newcomer B (1.2 face
+    # sizes away) on the frame the detector misses A: A would show.
+    a, b = make_box(100, 100, 100, 100), make_box(220, 100, 100, 100)
+    p = make_pipeline([a])
+    for i in range(3):
+        p.process(make_frame(index=i))
+    p.detector.boxes = [b]  # A missed on the frame B first shows
+    image, results = p.process(make_frame(index=3))
+    assert sorted(r.box.x for r in results) == [100, 220]
+    assert (image[100:200, 100:200] == 255).all()  # A still under its emoji
+    p = make_pipeline([a], mode="decorate")  # not a mask: the second pass follows the jump
+    for i in range(3):
+        p.process(make_frame(index=i))
+    p.detector.boxes = [b]
+    _, results = p.process(make_frame(index=3))
+    assert [r.box.x for r in results] == [220]
+
+
 def test_classification_is_per_face_and_spread_over_frames():
     p = make_pipeline([make_box(10, 10, 50, 50), make_box(200, 100, 80, 80)], classify_every_n=2)
     p.process(make_frame(index=0))

@@ -72,6 +72,19 @@ def test_fast_move_keeps_identity_and_leaves_no_ghost():
     assert [(t.track_id, t.missed_frames, t.box.x) for t in tracks] == [(a.track_id, 0, 220)]
 
 
+def test_with_privacy_a_missed_face_keeps_its_box_when_a_newcomer_appears_beside_it():
+    # Without privacy the second pass would move face 1's track onto the newcomer
+    # 1.2 face sizes away, and face 1, missed for this one frame, would show.
+    tracker = IoUTracker(TrackerConfig(iou_threshold=0.3, hold_s=0.5))
+    tracker.set_privacy(True)
+    tracker.update([make_box(x=100, w=100, h=100)], 0.0)
+    tracks = tracker.update([make_box(x=220, w=100, h=100)], 0.033)
+    assert sorted((t.track_id, t.missed_frames, t.box.x) for t in tracks) == [(1, 1, 100), (2, 0, 220)]
+    tracker.set_privacy(False)  # back to following jumps
+    tracks = tracker.update([make_box(x=340, w=100, h=100)], 0.066)
+    assert (2, 0, 340) in [(t.track_id, t.missed_frames, t.box.x) for t in tracks]
+
+
 def test_distance_match_needs_similar_size_and_nearness():
     tracker = IoUTracker(TrackerConfig(iou_threshold=0.3, hold_s=0.5))
     tracker.update([make_box(x=100, w=100, h=100)], 0.0)
