@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -374,6 +375,18 @@ def paste_face(
         image[iy0:iy1, ix0:ix1] = scaled[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
     box = FaceBox(round(x0 + fx), round(y0 + fy), max(1, round(fw)), max(1, round(fh)))
     return image, box
+
+
+def end_process(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
+    """Stop a helper process (Xvfb, a tray host) for good: SIGTERM, then SIGKILL
+    if it has not exited within ``timeout_s`` (a loaded machine can be slow to
+    deliver the first, and a teardown that raises turns a passing test into an error)."""
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def open_fd_count() -> int:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.factories import FER_NPZ, SELFIE_MP4, daemon_env, write_face_video, write_test_video
+from tests.factories import FER_NPZ, SELFIE_MP4, daemon_env, end_process, write_face_video, write_test_video
 from tests.test_daemon_cli import REPO, emojicam
 
 pytestmark = [
@@ -58,8 +58,7 @@ def xvfb_display() -> Iterator[str]:
             time.sleep(0.05)
         yield f":{n}"
     finally:
-        proc.terminate()
-        proc.wait(5)
+        end_process(proc)
 
 
 @pytest.fixture
@@ -280,5 +279,4 @@ def test_tray_icon_docks_and_follows_the_state(env, xvfb, clip, tmp_path: Path) 
         log = proc.stdout.read() if proc.stdout else ""
         assert "tray icon via the xorg backend" in log
     finally:
-        trayer.terminate()
-        trayer.wait(5)
+        end_process(trayer)

@@ -36,7 +36,7 @@ import pytest
 from emojicam import control, tray
 from emojicam.config import MODES
 from emojicam.status import EngineStatus
-from tests.factories import SELFIE_MP4, daemon_env, wait_for, write_test_video
+from tests.factories import SELFIE_MP4, daemon_env, end_process, wait_for, write_test_video
 from tests.test_daemon_cli import REPO
 from tests.test_daemon_xvfb import find_window, grab, screenshot_dir, varied, xvfb_display
 
@@ -110,8 +110,7 @@ def background(args: list[str], env: dict[str, str]) -> Iterator[subprocess.Pope
     try:
         yield proc
     finally:
-        proc.terminate()
-        proc.wait(5)
+        end_process(proc)
 
 
 def tray_host_running(display: str) -> bool:
