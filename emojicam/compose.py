@@ -54,8 +54,8 @@ from emojicam.types import Emotion, FaceBox, FaceResult
 REPLACE_SHIFT_UP_FRAC = 0.06
 #: Replace mode with privacy on: a box that touches a side of the frame (or its
 #: top or bottom) belongs to a face cut by that edge, and BlazeFace frames such
-#: a face short along the edge: 68% to 80% of the face's height on the edge clip
-#: of ``benchmarks/face_leak.py``, against 85% in full view. Such a box is grown
+#: a face short along the edge: 68% to 83% of the face's height on the edge clip
+#: of ``benchmarks/face_leak.py``, against 85% nearly in full view. Such a box is grown
 #: by this much along the edge, about its centre (RELIABILITY.md, finding 13).
 EDGE_GROWTH = 1.3
 #: Replace mode: never trust an art's opaque disk to be smaller than this
