@@ -56,10 +56,9 @@ def command_line(config: Path | None = None) -> list[str]:
     interpreter if there is one, else ``python -m emojicam``; with
     ``--config`` (as an absolute path) when one was given."""
     script = Path(sys.executable).with_name("emojicam")
-    found = shutil.which("emojicam")
     if script.exists():
         cmd = [str(script), "run"]
-    elif found:
+    elif found := shutil.which("emojicam"):
         cmd = [found, "run"]
     else:
         cmd = [sys.executable, "-m", "emojicam", "run"]
