@@ -149,11 +149,12 @@ def cmd_models_install(args: argparse.Namespace) -> int:
 def cmd_models_status(args: argparse.Namespace) -> int:
     from emojicam import models_install
 
-    lines = models_install.status_lines()
-    for line in lines:
-        print(line)
-    short_ok = models_install.file_state(models_install.SHORT_RANGE) == "ok"
-    if any(not line.startswith("ok") for line in lines):
+    states = models_install.file_states()
+    target = models_install.user_models_dir()
+    for model, state in states.items():
+        print(f"{state:8s} {target / model.filename}")
+    short_ok = states[models_install.SHORT_RANGE] == "ok"
+    if any(state != "ok" for state in states.values()):
         print(
             "Run 'emojicam models install' to fetch the missing or damaged models; until then "
             + ("faces narrower than about an eighth of the frame are missed." if short_ok else

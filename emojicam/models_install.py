@@ -239,7 +239,6 @@ def install_models(
     return [target / m.filename for m in models]
 
 
-def status_lines(models_dir: Path | None = None) -> list[str]:
-    """One human-readable line per model file, for ``emojicam models status``."""
-    target = models_dir or user_models_dir()
-    return [f"{file_state(m, target):8s} {target / m.filename}" for m in MODEL_FILES]
+def file_states(models_dir: Path | None = None) -> dict[ModelFile, str]:
+    """``file_state`` of every model file (each hashed once), for ``emojicam models status``."""
+    return {m: file_state(m, models_dir) for m in MODEL_FILES}

@@ -238,6 +238,20 @@ def test_models_status_command_reports_missing_files(tmp_path, monkeypatch, caps
     assert "emojicam models install" in out
 
 
+def test_models_status_command_hashes_each_file_once(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(models_install, "user_models_dir", lambda: tmp_path)
+    monkeypatch.setattr(models_install, "MODEL_FILES", (SHORT, FULL))
+    monkeypatch.setattr(models_install, "SHORT_RANGE", SHORT)
+    (tmp_path / SHORT.filename).write_bytes(MODEL_BYTES)
+    (tmp_path / FULL.filename).write_bytes(OTHER_BYTES)
+    hashed: list[Path] = []
+    real = models_install.sha256_of
+    monkeypatch.setattr(models_install, "sha256_of", lambda path: hashed.append(path) or real(path))
+    assert commands_bench.cmd_models_status(argparse.Namespace()) == 0
+    assert sorted(hashed) == sorted([tmp_path / SHORT.filename, tmp_path / FULL.filename])
+    assert f"ok       {tmp_path / FULL.filename}" in capsys.readouterr().out
+
+
 def test_models_install_command_uses_the_given_wheel(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setattr(models_install, "user_models_dir", lambda: tmp_path / "m")
     monkeypatch.setattr(models_install, "MODEL_FILES", (SHORT,))
