@@ -109,6 +109,17 @@ def test_a_real_camera_with_the_label_is_refused(tmp_path: Path) -> None:
         sink.open()
 
 
+@pytest.mark.parametrize(("device", "example"), [("video10", "/dev/video10"), ("EmojiCam", "/dev/video10")])
+def test_a_device_that_is_not_a_path_is_refused_on_linux_with_the_fix(device: str, example: str) -> None:
+    sink = sinks.VirtualCameraSink(
+        SinkConfig(device=device), (32, 32), system="Linux", pyvirtualcam_backend=BACKEND
+    )
+    with pytest.raises(sinks.SinkError) as err:
+        sink.open()
+    assert f"sink.device: {device!r} is not a device path" in str(err.value)
+    assert f"such as {example}" in str(err.value) and "labelled 'EmojiCam'" in str(err.value)
+
+
 def test_every_failing_backend_is_listed(monkeypatch) -> None:
     class Broken:
         def __init__(self, **kw):
