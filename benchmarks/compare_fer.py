@@ -46,13 +46,16 @@ WORKER = Path(__file__).with_name("peer_worker.py")
 
 class Worker:
     def __init__(
-        self, python: str, impl: str, frames: Path, cpu: int | None, mode: str | None = None
+        self, python: str, impl: str, frames: Path, cpu: int | None, mode: str | None = None,
+        config: Path | None = None,
     ) -> None:
         cmd = [python, str(WORKER), "--impl", impl, "--frames", str(frames)]
         if cpu is not None:
             cmd += ["--cpu", str(cpu)]
         if mode is not None:
             cmd += ["--mode", mode]
+        if config is not None:
+            cmd += ["--config", str(config)]
         self.impl = impl
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         self.name = self._read()["ready"]
@@ -116,6 +119,8 @@ def main() -> int:
     ap.add_argument("--skip-accuracy", action="store_true", help="only the speed comparison")
     ap.add_argument("--mode", choices=("replace", "decorate", "label"), default="replace",
                     help="EmojiCam's mode (default replace, the privacy mask)")
+    ap.add_argument("--config", type=Path,
+                    help="EmojiCam settings over the defaults, e.g. a file with 'privacy: {enabled: false}'")
     ap.add_argument("--json-out", type=Path, help="also write the results here")
     args = ap.parse_args()
     for needed in (CLIP, FER_NPZ):
@@ -126,7 +131,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="emojicam-peer-") as tmp:
         frames_path = Path(tmp) / "frames.npy"
         n = write_frames(frames_path, args.frames, (1280, 720))
-        ours = Worker(sys.executable, "emojicam", frames_path, cpu, mode=args.mode)
+        ours = Worker(sys.executable, "emojicam", frames_path, cpu, mode=args.mode, config=args.config)
         theirs = Worker(args.fer_python, "fer", frames_path, cpu)
         try:
             rows: dict[str, list[dict[str, Any]]] = {"emojicam": [], "fer": []}

@@ -36,7 +36,7 @@ class EmojiCamSide:
     """The daemon's pipeline (detect, track, classify, smooth, compose) plus the
     BGR -> RGB conversion the virtual camera needs."""
 
-    def __init__(self, mode: str | None = None) -> None:
+    def __init__(self, mode: str | None = None, config: Path | None = None) -> None:
         sys.path.insert(0, str(ROOT))
         import cv2
 
@@ -45,12 +45,13 @@ class EmojiCamSide:
 
         cv2.setNumThreads(1)
         self.cv2 = cv2
-        self.config = load_config(use_user_file=False)
+        self.config = load_config(config, use_user_file=False)
         self.pipeline = build_pipeline(self.config)
         if mode is not None:
             self.config = self.config.with_mode(mode)
             self.pipeline.set_mode(mode)
-        self.name = f"emojicam ({type(self.pipeline.detector).__name__}, mode {self.config.mode})"
+        privacy = "" if self.config.privacy.enabled else ", privacy off"
+        self.name = f"emojicam ({type(self.pipeline.detector).__name__}, mode {self.config.mode}{privacy})"
 
     def process(self, image: np.ndarray, index: int) -> int:
         from emojicam.types import Frame
@@ -154,10 +155,11 @@ def main() -> int:
     ap.add_argument("--frames", type=Path, required=True, help=".npy file of BGR frames")
     ap.add_argument("--cpu", type=int, help="pin to this CPU core")
     ap.add_argument("--mode", help="EmojiCam's mode (default: the configured one)")
+    ap.add_argument("--config", type=Path, help="EmojiCam settings over the defaults (never the user's file)")
     args = ap.parse_args()
     pin_to_cpu(args.cpu)
     frames = np.load(args.frames, mmap_mode="r")
-    side = EmojiCamSide(args.mode) if args.impl == "emojicam" else FerSide()
+    side = EmojiCamSide(args.mode, args.config) if args.impl == "emojicam" else FerSide()
     for i in range(min(3, len(frames))):  # warm up: first inference allocates
         side.process(np.ascontiguousarray(frames[i]), i)
     if isinstance(side, EmojiCamSide):  # start the measured run with no tracks
