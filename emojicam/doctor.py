@@ -414,6 +414,9 @@ def check_module(p: SystemProbe) -> list[Check]:
 
 def check_device(p: SystemProbe) -> tuple[list[Check], v4l2.VideoDevice | None]:
     if p.explicit_device:
+        problem = v4l2.not_a_device_path(p.explicit_device, p.label)
+        if problem:
+            return [Check("device", "fail", *problem)], None
         devices = [d for d in v4l2.list_devices(p.sysfs_root, p.dev_root) if str(d.path) == p.explicit_device]
         found = devices[0] if devices else None
         if found is None:

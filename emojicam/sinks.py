@@ -171,12 +171,9 @@ def _candidates(
         backend = {"Linux": "v4l2loopback", "Darwin": "obs"}.get(system, "auto")
     if backend == "v4l2loopback":
         if cfg.device:
-            if not cfg.device.startswith("/"):  # "video10": pyvirtualcam would only say it does not exist
-                example = f"/dev/{cfg.device}" if cfg.device.startswith("video") else "/dev/video10"
-                raise SinkError(
-                    f"sink.device: {cfg.device!r} is not a device path; on Linux give one such as "
-                    f"{example}, or remove the setting to use the device labelled {cfg.name!r}"
-                )
+            problem = v4l2.not_a_device_path(cfg.device, cfg.name)
+            if problem:
+                raise SinkError("; ".join(problem))
             return [("v4l2loopback", cfg.device)]
         found = v4l2.find_device_by_label(cfg.name, sysfs_root, dev_root)
         if found is None:

@@ -86,6 +86,18 @@ def describe_devices(sysfs_root: Path = SYSFS_ROOT, dev_root: Path = DEV_ROOT) -
     return ", ".join(f"{d.path} ({d.label!r})" for d in list_devices(sysfs_root, dev_root)) or "none"
 
 
+def not_a_device_path(device: str, label: str) -> tuple[str, str] | None:
+    """(what is wrong, what to do) when ``sink.device`` is no path (Linux),
+    else None. pyvirtualcam would only say that ``video10`` does not exist."""
+    if device.startswith("/"):
+        return None
+    example = f"/dev/{device}" if device.startswith("video") else "/dev/video10"
+    return (
+        f"sink.device: {device!r} is not a device path",
+        f"on Linux give one such as {example}, or remove the setting to use the device labelled {label!r}",
+    )
+
+
 def describe_missing(label: str, sysfs_root: Path = SYSFS_ROOT, dev_root: Path = DEV_ROOT) -> str:
     """A message for 'no device with this label', listing what exists and the fix."""
     return (

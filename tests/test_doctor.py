@@ -167,6 +167,9 @@ def test_explicit_device(tmp_path: Path) -> None:
     assert c["device"].status == "ok"
     c = by_name(doctor.run_checks(healthy(tmp_path, explicit_device="/dev/video55")))
     assert c["device"].status == "fail" and "does not exist" in c["device"].detail
+    c = by_name(doctor.run_checks(healthy(tmp_path, explicit_device="video10")))
+    assert c["device"].status == "fail" and "'video10' is not a device path" in c["device"].detail
+    assert "such as /dev/video10" in c["device"].fix
 
 
 def test_other_platforms_skip_linux_checks(tmp_path: Path) -> None:
