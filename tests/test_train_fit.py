@@ -58,6 +58,20 @@ def test_a_warm_restart_into_another_architecture_names_the_one_that_fits(tmp_pa
         warm_start_arch(_run_with_arch(tmp_path, "deep"), "base")
 
 
+def test_a_warm_restart_from_the_shipped_file_builds_the_net_inside_it(tmp_path):
+    from emojicam.classify import default_model_path
+    from train.__main__ import _init_weights
+    from train.fit import warm_start_arch
+
+    shipped = default_model_path()
+    assert _init_weights(str(shipped)) == shipped  # a file is used as given, not as a run name
+    assert warm_start_arch(shipped, None) == "deep"
+    with pytest.raises(SystemExit, match="that file holds --arch deep"):
+        warm_start_arch(shipped, "base")
+    with pytest.raises(SystemExit, match="no such file"):
+        warm_start_arch(tmp_path / "emotion.tflite", None)
+
+
 def test_mixup_blends_each_image_and_its_target_with_the_same_partner_and_weight():
     tf = pytest.importorskip("tensorflow", reason="mixup runs inside the tf.data pipeline; "
                              "install the 'train' extra to test it")

@@ -3,6 +3,8 @@
 Examples::
 
     python -m train fit --data ../shared/data/fer2013.npz --run base-cpu
+    python -m train fit --data ../shared/data/fer2013.npz --run deep-next --preset long \
+        --init-from models/emotion.tflite --epochs 16 --lr 0.004   # warm restart from the shipped file
     python -m train export --run base-cpu --data ../shared/data/fer2013.npz
     python -m train eval --model models/emotion.tflite --data ../shared/data/fer2013.npz
     python -m train curves --run base-cpu -o models/training_curves.png
@@ -26,6 +28,16 @@ def _run_dir(name: str) -> Path:
     return p if p.is_absolute() or "/" in name else DEFAULT_RUNS / name
 
 
+def _init_source(name: str) -> Path:
+    """``--init-from``: an exported ``.tflite`` as given, else a run folder."""
+    return Path(name) if name.endswith(".tflite") else _run_dir(name)
+
+
+def _init_weights(name: str) -> Path:
+    source = _init_source(name)
+    return source if source.suffix == ".tflite" else source / "best.weights.h5"
+
+
 def main(argv: list[str] | None = None) -> int:
     from train.fit import PRESETS, Recipe
 
@@ -40,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", required=True, help=f"run name (folder under {DEFAULT_RUNS}) or path")
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     p.add_argument("--progress", choices=["auto", "bar", "line"], default="auto")
-    p.add_argument("--init-from", metavar="RUN", help="start from another run's best weights (warm restart)")
+    p.add_argument("--init-from", metavar="RUN|FILE.tflite",
+                   help="start from another run's best weights, or from an exported model such as "
+                   "models/emotion.tflite (warm restart)")
     for field in dataclasses.fields(Recipe):
         p.add_argument("--" + field.name.replace("_", "-"), type=type(field.default)
                        if field.type != "bool" else lambda s: s.lower() in ("1", "true", "yes"))
@@ -89,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         from train.fit import fit, warm_start_arch
 
         if args.init_from:
-            args.arch = warm_start_arch(_run_dir(args.init_from), args.arch)
+            args.arch = warm_start_arch(_init_source(args.init_from), args.arch)
         overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe)
                      if getattr(args, f.name) is not None}
         recipe = dataclasses.replace(PRESETS[args.preset], **overrides)
@@ -98,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         handler = logging.FileHandler(run_dir / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
         logging.getLogger("train").addHandler(handler)
-        init = _run_dir(args.init_from) / "best.weights.h5" if args.init_from else None
+        init = _init_weights(args.init_from) if args.init_from else None
         fit(args.data, run_dir, recipe, ferplus_votes=args.ferplus, teacher=args.teacher,
             progress=args.progress, init_from=init)
     elif args.cmd == "export":

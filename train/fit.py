@@ -216,9 +216,17 @@ def fit(
 
     model = build_model(recipe.arch, recipe.dropout)
     if init_from is not None:
-        # Warm start (a new cosine cycle from another run's weights); a resumed
-        # run restores its own backup afterwards, so this only matters at epoch 0.
-        model.load_weights(str(init_from))
+        # Warm start (a new cosine cycle from another run's weights, or from an
+        # exported file's); a resumed run restores its own backup afterwards,
+        # so this only matters at epoch 0.
+        if init_from.suffix == ".tflite":
+            from train.unfold import STATISTICS_IMAGES, load_into, read_folded_layers
+
+            pick = np.random.default_rng(recipe.seed).choice(
+                len(x_train), min(STATISTICS_IMAGES, len(x_train)), replace=False)
+            load_into(model, read_folded_layers(init_from), x_train[np.sort(pick)])
+        else:
+            model.load_weights(str(init_from))
         log.info("initialised from %s", init_from)
     model.compile(
         optimizer=optimizer,
@@ -254,15 +262,24 @@ def read_manifest(run_dir: Path) -> dict:
 
 
 def warm_start_arch(init_dir: Path, asked: str | None) -> str | None:
-    """The architecture a warm restart from ``init_dir`` must build.
+    """The architecture a warm restart from ``init_dir`` (a run folder or an
+    exported ``.tflite``) must build.
 
     The weights only load into the net they were trained in, so an unset
-    ``--arch`` follows the source run, and a different one is refused here
+    ``--arch`` follows the source, and a different one is refused here
     rather than as Keras' shape mismatch deep inside ``load_weights``."""
-    source = read_manifest(init_dir).get("recipe", {}).get("arch")
+    if init_dir.suffix == ".tflite":
+        from train.unfold import arch_of, read_folded_layers
+
+        if not init_dir.is_file():
+            raise SystemExit(f"--init-from {init_dir}: no such file")
+        source = arch_of(read_folded_layers(init_dir))
+    else:
+        source = read_manifest(init_dir).get("recipe", {}).get("arch")
     if asked is not None and source is not None and asked != source:
         raise SystemExit(
-            f"--init-from {init_dir.name}: that run trained --arch {source}, its weights "
+            f"--init-from {init_dir.name}: that {'file' if init_dir.suffix == '.tflite' else 'run'} "
+            f"holds --arch {source}, its weights "
             f"do not fit --arch {asked}; drop --arch or pass --arch {source}."
         )
     return asked if asked is not None else source

@@ -6,8 +6,8 @@ so the exported model's uint8 input is exactly the image.
 
 from __future__ import annotations
 
-import keras
-from keras import layers
+# Keras is imported inside the builders, so ARCHITECTURES (which
+# train/unfold.py and the tests read) needs no TensorFlow.
 
 # (filters, convs) per stage; each stage ends in 2x2 max-pooling.
 ARCHITECTURES: dict[str, list[tuple[int, int]]] = {
@@ -18,7 +18,10 @@ ARCHITECTURES: dict[str, list[tuple[int, int]]] = {
 }
 
 
-def build_model(arch: str = "base", dropout: float = 0.4) -> keras.Model:
+def build_model(arch: str = "base", dropout: float = 0.4):
+    import keras
+    from keras import layers
+
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown arch {arch!r}; choose from {sorted(ARCHITECTURES)}")
     inputs = keras.Input((48, 48, 1), name="face_gray")
@@ -42,12 +45,15 @@ def build_model(arch: str = "base", dropout: float = 0.4) -> keras.Model:
     return keras.Model(inputs, outputs, name=f"emojicam_{arch}")
 
 
-def with_flip_average(model: keras.Model) -> keras.Model:
+def with_flip_average(model):
     """Wrap ``model`` so it averages its output over the image and its mirror.
 
     Flip averaging is baked into the exported file, so every consumer of
     ``emotion.tflite`` gets it without extra code.
     """
+    import keras
+    from keras import layers
+
     inputs = keras.Input((48, 48, 1), name="face_gray")
     flipped = layers.Lambda(lambda t: t[:, :, ::-1, :], name="mirror")(inputs)
     avg = layers.Average(name="flip_average")([model(inputs), model(flipped)])
