@@ -70,6 +70,9 @@ def test_a_warm_restart_from_the_shipped_file_builds_the_net_inside_it(tmp_path)
         warm_start_arch(shipped, "base")
     with pytest.raises(SystemExit, match="no such file"):
         warm_start_arch(tmp_path / "emotion.tflite", None)
+    (tmp_path / "notes.tflite").write_text("not a model")
+    with pytest.raises(SystemExit, match="notes.tflite"):
+        warm_start_arch(tmp_path / "notes.tflite", None)
 
 
 def test_mixup_blends_each_image_and_its_target_with_the_same_partner_and_weight():

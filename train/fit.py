@@ -273,7 +273,10 @@ def warm_start_arch(init_dir: Path, asked: str | None) -> str | None:
 
         if not init_dir.is_file():
             raise SystemExit(f"--init-from {init_dir}: no such file")
-        source = arch_of(read_folded_layers(init_dir))
+        try:
+            source = arch_of(read_folded_layers(init_dir))
+        except (ValueError, RuntimeError) as exc:  # not a model, or not one of ours
+            raise SystemExit(f"--init-from {init_dir}: {exc}") from exc
     else:
         source = read_manifest(init_dir).get("recipe", {}).get("arch")
     if asked is not None and source is not None and asked != source:
