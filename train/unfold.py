@@ -115,8 +115,7 @@ def load_into(model, layers: list[FoldedLayer], images: np.ndarray) -> None:
 
     convs = [layer for layer in layers if layer.kind == "conv"]
     dense = [layer for layer in layers if layer.kind == "dense"]
-    conv_names = sorted((layer.name for layer in model.layers if layer.name.startswith("conv")),
-                        key=lambda n: tuple(int(p) for p in n[4:].split("_")))
+    conv_names = [layer.name for layer in model.layers if layer.name.startswith("conv")]  # graph order
     if len(conv_names) != len(convs) or len(dense) != 2:
         raise ValueError(f"the file has {len(convs)} convolutions and {len(dense)} dense layers; "
                          f"{model.name} has {len(conv_names)} and 2")
