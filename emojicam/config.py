@@ -8,7 +8,7 @@ past this module nobody sees raw dicts.
 Errors are ``ConfigError`` and always name the file, the key, what was
 expected and what was found, e.g.::
 
-    ~/.config/emojicam/config.yaml: smoothing.min_hold_s: expected a number >= 0, got -1
+    ~/.config/emojicam/config.yaml: smoothing.min_hold_s: expected a number from 0 to 10, got -1
 """
 
 from __future__ import annotations
