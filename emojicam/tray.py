@@ -335,17 +335,9 @@ class _IconUpdater:
         )
         if title != self._title or stale:  # not per fps change: fewer cross-thread calls into the backend
             self.icon.title = self._title = title
-        menu_key = (
-            status.state,
-            status.mode,
-            status.mirror,
-            status.preview,
-            status.camera,
-            status.faces,
-            round(status.fps),
-            status.config_error,
-            status.detector_warning,
-        )
+        # The menu is pure data (build_menu), so it is its own key: every line it shows, and only
+        # those, triggers a rebuild.
+        menu_key = build_menu(status)
         if menu_key != self._menu_key and getattr(self.icon, "HAS_MENU", False):
             self._menu_key = menu_key
             with contextlib.suppress(NotImplementedError):

@@ -324,6 +324,43 @@ def test_icon_and_tooltip_are_resent_only_with_refresh_s(monkeypatch, refresh_s,
     assert icon.titles[-1].startswith("EmojiCam: ")
 
 
+class MenuIcon:
+    HAS_MENU = True
+
+    def __init__(self) -> None:
+        self.menu_updates = 0
+
+    def update_menu(self) -> None:
+        self.menu_updates += 1
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"sink": "unavailable"},  # the "Virtual camera unavailable" line
+        {"sink_kind": "preview"},  # "Show preview" greyed out
+        {"detector_warning": "Haar face detector (slower)"},
+        {"mode": "decorate"},
+    ],
+)
+def test_the_menu_is_rebuilt_when_a_line_it_shows_changes_and_only_then(change) -> None:
+    """The GTK and AppIndicator backends show a new menu only on update_menu();
+    the virtual camera's warning line once never appeared (sink was not in the key)."""
+    engine, icon = FakeEngine(status()), MenuIcon()
+    updater = tray._IconUpdater(icon, engine, 4.0)
+    updater.tick()
+    engine.st = status(frames_processed=999, frames_sent=998)  # not in the menu
+    updater.tick()
+    assert icon.menu_updates == 1
+    engine.st = status(**change)
+    assert tray.build_menu(engine.st) != tray.build_menu(status())
+    updater.tick()
+    assert icon.menu_updates == 2
+    engine.st = status()
+    updater.tick()  # recovered: the line goes again
+    assert icon.menu_updates == 3
+
+
 def test_a_failing_icon_update_is_logged_once_and_retried(caplog) -> None:
     class BrokenIcon(RecordingIcon):
         def __setattr__(self, name, value) -> None:
