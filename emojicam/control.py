@@ -248,8 +248,8 @@ class _RequestHandler(socketserver.StreamRequestHandler):
             if uid is not None and uid != os.getuid():
                 self._reply({"ok": False, "error": "permission denied"})
                 return
-            line = self.rfile.readline(MAX_REQUEST_BYTES + 1)
-            if len(line) > MAX_REQUEST_BYTES:
+            line = self.rfile.readline(MAX_REQUEST_BYTES + 2)  # + room for b"\r\n"
+            if len(line.rstrip(b"\r\n")) > MAX_REQUEST_BYTES:
                 self._reply({"ok": False, "error": TOO_LONG})
                 return
             self._reply(answer(line, self.server.handler))
@@ -349,6 +349,11 @@ def send_socket_request(
                 raise ControlError("reply too long")
     except TimeoutError as exc:
         raise ControlError(f"EmojiCam did not answer within {timeout_s:g} s") from exc
+    except OSError as exc:  # e.g. reset by a daemon closing its socket while stopping
+        raise ControlError(
+            f"EmojiCam closed the control connection ({exc}); if it is stopping, start it again "
+            "with 'emojicam run'"
+        ) from exc
     finally:
         sock.close()
     return parse_reply(bytes(buf))

@@ -175,6 +175,34 @@ def test_oversized_and_malformed_never_reach_the_engine(server) -> None:
 
 
 @unix_only
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n"])
+def test_a_request_of_exactly_the_limit_is_served_and_one_byte_more_is_not(server, ending) -> None:
+    """MAX_REQUEST_BYTES counts the request, not its line ending (as on the named pipe)."""
+    request = b'{"cmd": "status"}'
+    at_limit = request + b" " * (control.MAX_REQUEST_BYTES - len(request))
+    assert raw_exchange(server.path, at_limit + ending)["ok"] is True
+    reply = raw_exchange(server.path, at_limit + b" " + ending)
+    assert reply["ok"] is False and "too long" in reply["error"]
+
+
+@unix_only
+def test_a_connection_reset_by_a_stopping_daemon_is_a_control_error(tmp_path: Path) -> None:
+    """A client queued in the listen backlog when the daemon closes its socket is
+    reset; 'emojicam ctl' must say so in one line, not print a traceback."""
+    path = tmp_path / "c.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)  # never accepts: the client waits in the backlog
+    closer = threading.Timer(0.3, listener.close)
+    closer.start()
+    try:
+        with pytest.raises(control.ControlError, match="closed the control connection"):
+            control.send_socket_request({"cmd": "status"}, path, timeout_s=5)
+    finally:
+        closer.join()
+
+
+@unix_only
 def test_a_silent_client_does_not_block_others(server) -> None:
     idle = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     idle.connect(str(server.path))  # connects and says nothing
