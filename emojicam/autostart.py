@@ -170,11 +170,20 @@ def enable(
             "and put a shortcut to 'emojicam' there"
         )
     if method == "systemd":
-        _write(unit_path(home), systemd_unit(cmd))
+        unit = unit_path(home)
+        try:
+            before: str | None = unit.read_text(encoding="utf-8")
+        except (FileNotFoundError, UnicodeDecodeError):
+            before = None
+        _write(unit, systemd_unit(cmd))
         problem = _systemctl(runner, "daemon-reload") or _systemctl(runner, "enable", UNIT_NAME)
         if problem:
-            # Nothing changed: the unit goes, and an XDG entry from before stays.
-            _remove(unit_path(home))
+            # Nothing changed: a unit from before is put back (else the new one goes), and an
+            # XDG entry from before stays.
+            if before is None:
+                _remove(unit)
+            else:
+                _write(unit, before)
             raise EmojiCamError(
                 f"enabling the systemd user unit failed ({problem}); autostart is unchanged. "
                 "Use the default method (emojicam autostart enable), or once systemctl --user "

@@ -71,6 +71,19 @@ def test_systemd_failure_changes_nothing_and_says_so(tmp_path: Path) -> None:
     assert not autostart.unit_path(tmp_path).exists()
 
 
+def test_a_failed_systemd_reenable_keeps_the_unit_that_was_enabled(tmp_path: Path) -> None:
+    """Run again over SSH (no user bus), enable used to delete the working unit
+    while saying "autostart is unchanged"."""
+    autostart.enable("systemd", home=tmp_path, system="Linux", runner=Runner(), cmd=CMD)
+    unit = autostart.unit_path(tmp_path)
+    before = unit.read_text()
+    with pytest.raises(EmojiCamError, match="autostart is unchanged"):
+        autostart.enable("systemd", home=tmp_path, system="Linux", runner=Runner(1),
+                         cmd=["/new/emojicam", "run"])
+    assert unit.read_text() == before
+    assert "enabled" in autostart.status(home=tmp_path, system="Linux")
+
+
 def test_switching_method_leaves_one_entry(tmp_path: Path) -> None:
     runner = Runner()
     autostart.enable("xdg", home=tmp_path, system="Linux", runner=runner, cmd=CMD)
