@@ -50,6 +50,9 @@ class LiveConfig:
         self._load = load
         self.watch_paths = [Path(p) for p in watch_paths]
         self.poll_s = poll_s
+        # Taken now, just after ``config`` was read, not when watch() starts: the daemon loads
+        # its models in between (seconds), and a save made then must still be applied.
+        self._baseline = self._signatures()
 
     @property
     def can_reload(self) -> bool:
@@ -98,8 +101,9 @@ class LiveConfig:
 
     def watch(self, stop: threading.Event, on_change: Callable[[], None]) -> None:
         """Call ``on_change()`` after each settled change of the watched
-        files, until ``stop`` is set (run it in its own thread)."""
-        seen = self._signatures()
+        files since this object was made, until ``stop`` is set (run it in
+        its own thread)."""
+        seen = self._baseline
         while not stop.wait(self.poll_s):
             now = self._signatures()
             if now == seen:

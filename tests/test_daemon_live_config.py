@@ -75,3 +75,23 @@ def test_watch_reports_each_settled_change(tmp_path: Path) -> None:
         stop.set()
         thread.join(2)
     assert not thread.is_alive()
+
+
+def test_a_save_made_while_the_daemon_starts_is_applied(tmp_path: Path) -> None:
+    """The daemon reads its config, then loads its models (seconds) before the
+    watcher runs; an edit saved in between was taken as the baseline and never applied."""
+    path = tmp_path / "config.yaml"
+    path.write_text("mode: replace\n")
+    live = LiveConfig(Config(), lambda: Config(), [path], poll_s=0.05)  # the config was read here
+    path.write_text("mode: label\n")  # saved while the models load
+    stop, changes = threading.Event(), []
+    thread = threading.Thread(target=live.watch, args=(stop, lambda: changes.append(1)))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 3
+        while not changes and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        thread.join(2)
+    assert changes == [1]
