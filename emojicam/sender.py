@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 IDLE_FPS = 2.0  # frames per second sent while paused or while nobody watches
 SINK_MAX_FAILED_WRITES = 5
 SINK_HEALTHY_WRITES = 30  # frames written in a row before a reopened sink counts as working
+PREVIEW_POLL_S = 0.1  # while the sink is down: how soon a click on "Show preview" is seen
 
 
 class SenderHost(Protocol):
@@ -82,7 +84,7 @@ class Sender:
                 if sink is None:
                     sink = self._open()
                     if sink is None:
-                        host.shutdown.wait(retry_s)
+                        self._wait_showing_preview(retry_s, size_wh)
                         retry_s = min(2 * retry_s, cam.retry_max_s)
                         continue
                     failed_writes = good_writes = 0
@@ -99,7 +101,7 @@ class Sender:
                         sink = None
                         # Back off as for a sink that cannot be opened: one that opens
                         # and then fails again is retried ever more slowly too.
-                        host.shutdown.wait(retry_s)
+                        self._wait_showing_preview(retry_s, size_wh)
                         retry_s = min(2 * retry_s, cam.retry_max_s)
                         continue
                 else:
@@ -180,9 +182,26 @@ class Sender:
         self._watcher = None
         self.host.set_readers(None)
 
-    def _show_preview(self, sink: Sink, image: np.ndarray) -> None:
-        """The tray's "Show preview": a window beside the main sink."""
-        wanted = self.host.preview_wanted() and sink.kind != "preview"
+    def _wait_showing_preview(self, seconds: float, size_wh: tuple[int, int]) -> None:
+        """Wait ``seconds`` before the sink is opened again (or until shutdown);
+        meanwhile a wanted preview window keeps showing frames: it is how a user
+        sees EmojiCam work while the virtual camera is down (e.g. no v4l2loopback)."""
+        host = self.host
+        deadline = time.monotonic() + seconds
+        while not host.shutdown.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if host.preview_wanted() or self._preview is not None:
+                self._show_preview(None, host.frame_to_send(size_wh))
+            step = 1.0 / host.config.sink.fps if self._preview is not None else PREVIEW_POLL_S
+            host.shutdown.wait(min(left, step))
+
+    def _show_preview(self, sink: Sink | None, image: np.ndarray) -> None:
+        """The tray's "Show preview": a window beside the main sink (``None``:
+        the main sink is down)."""
+        main_kind = sink.kind if sink is not None else self.host.config.sink.kind
+        wanted = self.host.preview_wanted() and main_kind != "preview"
         if not wanted:
             if self._preview is not None:
                 safe_close(self._preview)

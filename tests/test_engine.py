@@ -470,40 +470,69 @@ def test_opencv_source_loops_a_video_file(video: Path) -> None:
     assert len(clock.slept) == 44 and all(abs(s - 1 / 30) < 1e-9 for s in clock.slept)  # the file's 30 fps
 
 
+class FakePreview:
+    """The preview window's sink: records what it is shown."""
+
+    kind = "preview"
+    device = None
+    closed_by_user = False
+
+    def __init__(self, shown: list, events: list[str]) -> None:
+        self.shown, self.events = shown, events
+
+    def open(self) -> None:
+        self.events.append("open")
+
+    def send(self, image: np.ndarray) -> None:
+        self.shown.append(image.copy())
+
+    def pace(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.events.append("close")
+
+
 def test_show_preview_opens_and_closes_a_second_sink(running, recorder, tmp_path: Path) -> None:
-    shown: list[tuple[int, int]] = []
+    shown: list[np.ndarray] = []
     events: list[str] = []
-
-    class FakePreview:
-        kind = "preview"
-        device = None
-        closed_by_user = False
-
-        def open(self):
-            events.append("open")
-
-        def send(self, image):
-            shown.append(image.shape[:2])
-
-        def pace(self):
-            pass
-
-        def close(self):
-            events.append("close")
-
     deps = make_deps(tmp_path)
-    deps.make_preview = lambda cfg: FakePreview()
+    deps.make_preview = lambda cfg: FakePreview(shown, events)
     eng = running(deps=deps)
     wait_for(lambda: eng.status().frames_sent > 3)
     assert shown == []
     eng.set_preview(True)
     wait_for(lambda: len(shown) > 5)
-    assert eng.status().preview is True and shown[-1] == (SIZE_WH[1], SIZE_WH[0])
+    assert eng.status().preview is True and shown[-1].shape[:2] == (SIZE_WH[1], SIZE_WH[0])
     eng.set_preview(False)
     wait_for(lambda: events == ["open", "close"])
     n = len(shown)
     time.sleep(0.2)
     assert len(shown) == n and recorder.instances[0].count > n  # the camera kept going
+
+
+def test_show_preview_works_while_the_virtual_camera_cannot_open(running, tmp_path: Path) -> None:
+    """No v4l2loopback yet: the preview is how the user sees EmojiCam work. It
+    once stayed closed (the sender waited for the next retry instead)."""
+    sysfs = make_sysfs_tree(tmp_path / "sys-none", [(0, "Integrated Camera", False)])
+
+    def missing(cfg: Config) -> sinks.Sink:
+        return sinks.VirtualCameraSink(cfg.sink, SIZE_WH, system="Linux", sysfs_root=sysfs,
+                                       dev_root=tmp_path, pyvirtualcam_backend=BACKEND)
+
+    shown: list[np.ndarray] = []
+    events: list[str] = []
+    deps = make_deps(tmp_path, make_sink=missing)
+    deps.make_preview = lambda cfg: FakePreview(shown, events)
+    eng = running(deps=deps)
+    wait_for(lambda: eng.status().sink == "unavailable")
+    eng.set_preview(True)
+    wait_for(lambda: len(shown) > 10, timeout_s=3)  # frames, not one per retry
+    assert eng.status().sink == "unavailable" and events == ["open"]
+    frame = shown[-1]  # processed frames: the face covered, the rest untouched
+    assert abs(box_mean(frame) - BACKGROUND) > 40 and abs(corner_mean(frame) - BACKGROUND) < 8
+    eng.set_preview(False)
+    wait_for(lambda: events == ["open", "close"], timeout_s=3)
 
 
 def test_missing_device_is_reported_once_while_retrying(running, tmp_path: Path, caplog) -> None:
