@@ -100,6 +100,13 @@ class Classifier(Protocol):
         ...
 
 
+class StatefulStage(Protocol):
+    """Optional, for a tracker or smoother: take over the faces another one of
+    its kind follows (``reconfigure`` rebuilds the stages)."""
+
+    def adopt(self, other: object) -> None: ...
+
+
 class Smoother(Protocol):
     def update(
         self, track_id: int, scores: EmotionScores | None, timestamp_s: float
@@ -297,11 +304,26 @@ def reconfigure(pipeline: Pipeline, old: Config, new: Config) -> Pipeline:
     """Apply a new config to a running pipeline. A change of mode (or of
     settings the pipeline does not use, like the camera or the sink) keeps
     every stage, with its tracks and smoothed scores; a change to a stage's
-    settings rebuilds the pipeline (reloading models)."""
+    settings rebuilds the pipeline (reloading models), which takes over the
+    old one's faces (``carry_faces``)."""
     if _pipeline_settings(old) == _pipeline_settings(new):
         pipeline.set_mode(new.mode)
         return pipeline
-    return build_pipeline(new)
+    fresh = build_pipeline(new)
+    carry_faces(pipeline, fresh)
+    return fresh
+
+
+def carry_faces(old: Pipeline, new: Pipeline) -> None:
+    """``new`` follows the faces ``old`` follows: the same track ids, boxes
+    held after a miss (a face the detector misses on the frame after a config
+    edit stays covered), shown emoji and classification schedule."""
+    for mine, theirs in ((new.tracker, old.tracker), (new.smoother, old.smoother)):
+        adopt = getattr(mine, "adopt", None)
+        if adopt is not None:
+            adopt(theirs)
+    new._frames_seen = old._frames_seen
+    new._last_classified = dict(old._last_classified)
 
 
 def _pipeline_settings(config: Config) -> tuple[object, ...]:

@@ -8,7 +8,7 @@ challenger's smoothed probability beats the current one by ``switch_margin``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -51,6 +51,12 @@ class HysteresisSmoother:
             if held and lead >= self.cfg.switch_margin:
                 st.shown, st.shown_since_s = challenger, timestamp_s
         return EmotionScores(st.probs), st.shown
+
+    def adopt(self, other: object) -> None:
+        """Take over ``other``'s smoothed scores and shown emotions
+        (``pipeline.carry_faces``); anything but a ``HysteresisSmoother`` is ignored."""
+        if isinstance(other, HysteresisSmoother):
+            self._state = {tid: replace(st, probs=st.probs.copy()) for tid, st in other._state.items()}
 
     def forget(self, keep_ids: set[int]) -> None:
         for tid in [t for t in self._state if t not in keep_ids]:

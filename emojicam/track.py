@@ -107,5 +107,12 @@ class IoUTracker:
         s.track = Track(s.track.track_id, boxes[j], 0, s.track.age_frames + 1)
         s.last_seen_s = timestamp_s
 
+    def adopt(self, other: object) -> None:
+        """Take over ``other``'s tracks and ids (``pipeline.carry_faces``);
+        anything but an ``IoUTracker`` is ignored."""
+        if isinstance(other, IoUTracker):
+            self._tracks = [_State(s.track, s.last_seen_s) for s in other._tracks]
+            self._next_id = other._next_id
+
     def reset(self) -> None:
         self._tracks.clear()

@@ -184,9 +184,31 @@ def test_reconfigure_other_setting_rebuilds(monkeypatch):
     import emojicam.pipeline as pl
 
     built = []
-    monkeypatch.setattr(pl, "build_pipeline", lambda cfg: built.append(cfg) or "new")
+    fresh = make_pipeline()
+    monkeypatch.setattr(pl, "build_pipeline", lambda cfg: built.append(cfg) or fresh)
     new = dataclasses.replace(Config(), classifier=ClassifierConfig(threads=2))
-    assert reconfigure(make_pipeline(), Config(), new) == "new" and built == [new]
+    assert reconfigure(make_pipeline(), Config(), new) is fresh and built == [new]
+
+
+def test_a_rebuilt_pipeline_keeps_following_the_faces(monkeypatch):
+    """A config edit that rebuilds the stages must not drop the held boxes: a face
+    the detector misses on the frame after the reload stays covered, with the
+    same track id and emoji."""
+    import emojicam.pipeline as pl
+
+    old = make_pipeline()
+    old.classifier = FakeClassifier(Emotion.SAD)
+    _, before = old.process(make_frame(index=0, timestamp_s=0.0))
+    monkeypatch.setattr(pl, "build_pipeline", lambda cfg: make_pipeline(boxes=[]))  # misses the face
+    edit = dataclasses.replace(Config(), smoothing=SmoothingConfig(min_hold_s=0.3))
+    fresh = reconfigure(old, Config(), edit)
+    assert fresh is not old
+    out, after = fresh.process(make_frame(index=1, timestamp_s=1 / 30))
+    assert [(r.track_id, r.box, r.missed_frames) for r in after] == [(before[0].track_id, before[0].box, 1)]
+    assert after[0].emotion == Emotion.SAD  # the smoothed state came along too
+    fresh.detector.boxes = [make_box(x=400)]  # a newcomer gets a new id, not a reused one
+    _, later = fresh.process(make_frame(index=2, timestamp_s=2 / 30))
+    assert len({r.track_id for r in later}) == 2
 
 
 class ExplodingClassifier:
