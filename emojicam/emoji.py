@@ -10,8 +10,9 @@ folder (None: the bundled ``emoji_pngs/``). Rules for a user's folder:
 * a PNG without an alpha channel (RGB, grayscale, palette without
   transparency) is used as a fully opaque square, and the same single warning
   says so;
-* any size works; non-square art is centred on a transparent square, very
-  large art is reduced to ``MAX_SOURCE_SIDE_PX`` at load.
+* any size up to ``MAX_FILE_SIDE_PX`` works (a larger file is refused before
+  it is decoded, with the same warning); non-square art is centred on a
+  transparent square, large art is reduced to ``MAX_SOURCE_SIDE_PX`` at load.
 
 Art is kept as premultiplied BGRA float32 (colour times alpha), so scaling and
 rotating never produce dark fringes. ``sprite(emotion, side_px, angle_deg)``
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 #: Art larger than this (per side) is reduced at load; the sprites are scaled from it.
 MAX_SOURCE_SIDE_PX = 512
+MAX_FILE_SIDE_PX = 4096  # a larger PNG is refused before it is decoded (memory: 4 bytes a pixel)
 #: Rotations are rounded to this many degrees (cache key).
 ANGLE_STEP_DEG = 5.0
 #: Sprites larger than this are not cached (see ``EmojiSet.render_region``).
@@ -317,9 +319,21 @@ def _read_art(path: Path) -> tuple[EmojiArt, str | None]:
         raise _BadArt("is missing")
     try:
         with Image.open(path) as im:
+            w, h = im.size  # known before decoding
+            if max(w, h) > MAX_FILE_SIDE_PX:
+                raise _BadArt(
+                    f"is {w}x{h} pixels; emoji art is drawn from at most {MAX_SOURCE_SIDE_PX} px, "
+                    f"so save it at {MAX_SOURCE_SIDE_PX} to {MAX_FILE_SIDE_PX} px"
+                )
             im.load()
             has_alpha = im.mode in _PIL_ALPHA_MODES or "transparency" in im.info
-            rgba = np.asarray(im.convert("RGBA"))
+            art = im.convert("RGBA")
+            if max(w, h) > MAX_SOURCE_SIDE_PX:
+                # Reduced in uint8 before the float32 copy below (4x the bytes); Pillow
+                # resamples RGBA premultiplied, so edges do not take the colour of transparent pixels.
+                f = MAX_SOURCE_SIDE_PX / max(w, h)
+                art = art.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BOX)
+            rgba = np.asarray(art)
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         raise _BadArt(f"cannot be decoded ({type(exc).__name__}: {exc})") from exc
     if rgba.ndim != 3 or rgba.shape[0] == 0 or rgba.shape[1] == 0:
@@ -327,10 +341,6 @@ def _read_art(path: Path) -> tuple[EmojiArt, str | None]:
     if not rgba[:, :, 3].any():
         raise _BadArt("is fully transparent")
     premul = _premultiply_rgba8(rgba)
-    if max(premul.shape[:2]) > MAX_SOURCE_SIDE_PX:
-        f = MAX_SOURCE_SIDE_PX / max(premul.shape[:2])
-        size = (max(1, round(premul.shape[1] * f)), max(1, round(premul.shape[0] * f)))
-        premul = cv2.resize(premul, size, interpolation=cv2.INTER_AREA)
     note = None if has_alpha else "has no alpha channel; it is used as an opaque square"
     return EmojiArt.from_premultiplied(premul, path), note
 

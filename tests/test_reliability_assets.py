@@ -199,6 +199,10 @@ EMOJI_FAULTS: dict[str, tuple[dict[str, bytes | None], str]] = {
         {"disgust.png": png_bytes(np.zeros((64, 64, 4), np.uint8))},
         r"disgust\.png is fully transparent \(using the bundled one\)",
     ),
+    "too-large": (  # a real 8000 px PNG took 3.2 GB and 16 s to load before the size check
+        {"fear.png": bomb_png(8000, 8000)},
+        r"fear\.png is 8000x8000 pixels; emoji art is drawn from at most 512 px",
+    ),
     "decompression-bomb": (
         {"happy.png": bomb_png(20_000, 20_000), "sad.png": bomb_png(12_000, 12_000)},
         r"happy\.png cannot be decoded \(DecompressionBombError",
