@@ -40,14 +40,21 @@ def unvouched_frame(image_bgr: np.ndarray, mode: str, privacy_action: str | None
 def as_bgr(image: np.ndarray) -> np.ndarray | None:
     """The image as HxWx3 uint8 BGR (gray and BGRA converted), the same
     object when it already is; None when it is empty or not an image."""
-    if not isinstance(image, np.ndarray) or image.size == 0 or image.ndim not in (2, 3):
+    if not isinstance(image, np.ndarray) or image.size == 0:
+        return None
+    while image.ndim > 3 and image.shape[0] == 1:  # a batch of one
+        image = image[0]
+    if image.ndim not in (2, 3):
         return None
     if image.dtype != np.uint8:
         if image.dtype == np.uint16:
             image = (image >> 8).astype(np.uint8)
         elif np.issubdtype(image.dtype, np.floating):
-            image = np.clip(np.nan_to_num(image) * (255.0 if image.max(initial=0) <= 1.0 else 1.0),
-                            0, 255).astype(np.uint8)
+            # 0..1 or 0..255, judged on the finite pixels (one NaN must not change the scale)
+            top = float(np.max(image, where=np.isfinite(image), initial=0.0))
+            scale = 255.0 if top <= 1.0 + 1e-3 else 1.0
+            image = np.nan_to_num(image, nan=0.0, posinf=255.0 / scale, neginf=0.0)
+            image = np.clip(image * scale, 0, 255).astype(np.uint8)
         else:
             return None
     if image.ndim == 2 or image.shape[2] == 1:
@@ -230,8 +237,9 @@ class Pipeline:
         if image is None:  # empty or unusable: nothing to draw on
             raw = np.asarray(frame.image_bgr)
             self._warn_once("frame", f"skipping unusable frame of shape {raw.shape} ({raw.dtype})")
-            if raw.size and raw.ndim in (2, 3) and self.strict_privacy:
-                return np.zeros((*raw.shape[:2], 3), np.uint8), []  # not checked for faces: never shown
+            if raw.size and self.strict_privacy:  # not checked for faces: never shown
+                shape = (*raw.shape[:2], 3) if raw.ndim in (2, 3) else raw.shape
+                return np.zeros(shape, np.uint8), []
             return raw.copy(), []
         if image is not frame.image_bgr:
             frame = Frame(image, frame.index, frame.timestamp_s)

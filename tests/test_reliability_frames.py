@@ -185,6 +185,34 @@ def test_empty_and_unusable_frames_pass_and_warn_once(pipeline, caplog):
     assert len(unusable) == 1 and sum(warnings_from(caplog).values()) == 1
 
 
+def test_an_unusable_frame_is_never_shown_in_replace_mode(pipeline, caplog):
+    """Whatever its shape: a flattened frame once came back unchanged."""
+    image = make_scene((320, 240))
+    with caplog.at_level(logging.WARNING):
+        ((flat_out, results),) = run_stream(pipeline, [image.reshape(-1)])
+    assert results == [] and flat_out.shape == (320 * 240 * 3,) and not flat_out.any()
+    pipeline.set_mode("decorate")  # outside the mask it passes through, as before
+    ((out, _),) = run_stream(pipeline, [image.reshape(-1)])
+    assert np.array_equal(out, image.reshape(-1))
+
+
+@pytest.mark.shared_data
+def test_a_batch_of_one_frame_is_processed(pipeline, face):
+    bgr = face_frame(face)
+    ((out, results),) = run_stream(pipeline, [bgr[None]])
+    assert out.shape == bgr.shape and results
+
+
+def test_one_nan_pixel_does_not_change_the_scale_of_a_float_frame():
+    image = make_scene((320, 240)).astype(np.float32) / 255.0
+    clean = as_bgr(image)
+    image[0, 0, 0] = np.nan
+    image[0, 1, 0] = np.inf
+    dirty = as_bgr(image)
+    assert clean is not None and dirty is not None
+    assert np.array_equal(dirty[1:], clean[1:])  # was all black: NaN made max() fail
+
+
 def test_frame_with_nan_and_inf_pixels(pipeline, caplog):
     image = make_scene((320, 240)).astype(np.float32)
     image[10:50, 10:50] = np.nan
