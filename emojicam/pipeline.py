@@ -180,7 +180,8 @@ class Pipeline:
         t1 = clock()
         tracks = self.tracker.update(boxes, frame.timestamp_s)
         t2 = clock()
-        to_classify = self._due_for_classification(tracks, frame_no)
+        # Only on frames the detector ran: in between, the boxes stand where the faces were.
+        to_classify = self._due_for_classification(tracks, frame_no) if boxes is not None else []
         raw_list = self.classifier.classify(image, [t.box for t in to_classify]) if to_classify else []
         raw_by_id = {t.track_id: s for t, s in zip(to_classify, raw_list, strict=False)}
         self._classified(to_classify, tracks, frame_no)
