@@ -25,7 +25,7 @@ from emojicam.preprocess import (
     MODEL_INPUT_SIDE,
     CropMargins,
     batch_to_model_input,
-    crop_box_xywh,
+    fer_crop,
 )
 from emojicam.types import Emotion, EmotionScores, FaceBox
 
@@ -102,11 +102,7 @@ class TFLiteClassifier:
         return self
 
     def classify(self, image_bgr: np.ndarray, boxes: Sequence[FaceBox]) -> list[EmotionScores]:
-        size_wh = (image_bgr.shape[1], image_bgr.shape[0])
-        crops = []
-        for box in boxes:
-            x, y, w, h = crop_box_xywh(box.xywh, size_wh, self.crop_margins)
-            crops.append(image_bgr[y : y + h, x : x + w] if w > 0 and h > 0 else None)
+        crops = [fer_crop(image_bgr, box.xywh, self.crop_margins) for box in boxes]
         valid = [c for c in crops if c is not None and c.size > 0]
         probs = iter(self.predict(batch_to_model_input(valid)) if valid else [])
         return [

@@ -19,6 +19,7 @@ from emojicam.preprocess import (
     batch_to_model_input,
     crop_box_xywh,
     face_to_model_input,
+    fer_crop,
 )
 from tests.factories import make_image
 
@@ -29,6 +30,34 @@ def test_crop_is_clipped_to_image_and_margins_apply():
     assert crop_box_xywh((10, 10, 100, 100), (640, 480)) == (10, 10, 100, 100)
     assert crop_box_xywh((10, 10, 100, 100), (640, 480), CropMargins(0.1, 0.2, 0.1, 0.0)) == (0, 0, 120, 110)
     assert crop_box_xywh((600, 450, 100, 100), (640, 480)) == (600, 450, 40, 30)
+
+
+MARGINS = CropMargins(0.1, 0.2, 0.1, 0.0)
+
+
+def test_a_face_cut_by_the_frame_edge_keeps_its_framing():
+    """Cut by an edge, the crop keeps the FER framing (edge rows or columns
+    repeated) instead of being stretched to 48x48 later."""
+    image = make_image((640, 480))
+    box = (200, 150, 100, 100)
+    whole = fer_crop(image, box, MARGINS)
+    assert whole is not None and whole.shape == (120, 120, 3)
+    assert np.array_equal(whole, image[130:250, 190:310])
+    cut = 150  # the frame starts at row 150: the forehead margin and nothing else out of view
+    top_cut = fer_crop(image[cut:], (200, 0, 100, 100), MARGINS)
+    assert top_cut is not None and top_cut.shape == whole.shape
+    assert np.array_equal(top_cut[20:], whole[20:])
+    assert (top_cut[:20] == top_cut[20]).all()  # the first row in view, repeated
+    left_cut = fer_crop(image[:, 250:], (-50, 150, 100, 100), MARGINS)
+    assert left_cut is not None and left_cut.shape == whole.shape
+    assert np.array_equal(left_cut[:, 60:], whole[:, 60:])
+    assert (left_cut[:, :60] == left_cut[:, 60:61]).all()
+
+
+def test_a_box_out_of_the_image_has_no_crop():
+    image = make_image((64, 48))
+    assert fer_crop(image, (100, 10, 20, 20), MARGINS) is None
+    assert fer_crop(image, (10, -40, 20, 20), MARGINS) is None
 
 
 @pytest.mark.parametrize("shape", [(48, 48), (200, 160, 3), (30, 30, 4), (10, 12, 1)])
