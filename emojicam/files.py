@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,20 +78,25 @@ def process_image(pipeline: Pipeline, src: Path, dst: Path) -> list[FaceResult]:
 
 def process_video(pipeline: Pipeline, src: Path, dst: Path, progress: bool = True) -> int:
     """Process every frame; returns the number of frames written. Raises
-    ``InputError`` when ``dst`` is ``src`` (the writer would empty it before it
-    is read) or when no frame could be read (the empty output is removed)."""
-    if dst.exists() and dst.resolve() == src.resolve():
+    ``InputError`` when ``dst`` is ``src`` under any name (a hard link, another
+    letter case on a case-insensitive disk) or when no frame could be read.
+
+    The video is written to a temporary file beside ``dst`` and moved onto it
+    only when complete: an interrupted or failed run leaves ``dst`` as it was."""
+    if dst.exists() and src.exists() and os.path.samefile(src, dst):
         raise InputError(f"{dst}: this is the input video; write the output to another file")
     cap, info = open_video(src)
     fourcc = _FOURCC.get(dst.suffix.lower())
     if fourcc is None:
         cap.release()
         raise InputError(f"{dst}: unsupported video extension; use one of {', '.join(sorted(_FOURCC))}")
-    writer = cv2.VideoWriter(str(dst), cv2.VideoWriter.fourcc(*fourcc), info.fps, info.size_wh)
+    part = dst.with_name(f".{dst.stem}.emojicam-part{dst.suffix}")  # same extension: same container
+    writer = cv2.VideoWriter(str(part), cv2.VideoWriter.fourcc(*fourcc), info.fps, info.size_wh)
     if not writer.isOpened():
         cap.release()
         raise InputError(f"{dst}: cannot write a video here (check the folder exists and is writable)")
     written = 0
+    done = False
     try:
         from tqdm import tqdm
 
@@ -102,10 +108,14 @@ def process_video(pipeline: Pipeline, src: Path, dst: Path, progress: bool = Tru
             written += 1
             bar.update(1)
         bar.close()
+        done = written > 0
     finally:
         cap.release()
         writer.release()
+        if done:
+            os.replace(part, dst)
+        else:
+            part.unlink(missing_ok=True)
     if written == 0:
-        dst.unlink(missing_ok=True)
         raise InputError(f"{src}: no frame could be read, so nothing was written (is the file complete?)")
     return written

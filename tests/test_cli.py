@@ -170,6 +170,52 @@ def test_process_refuses_to_write_over_its_input_video(tmp_path):
     assert src.read_bytes() == before  # untouched
 
 
+def test_process_refuses_a_second_name_for_its_input_video(tmp_path):
+    """A hard link (or, on a case-insensitive disk, another letter case) got past
+    the path comparison, and the writer emptied the input before reading it."""
+    from emojicam import files
+    from emojicam.errors import InputError
+    from tests.factories import make_fake_pipeline, write_test_video
+
+    src = write_test_video(tmp_path / "clip.avi", n_frames=10)
+    before = src.read_bytes()
+    other = tmp_path / "same.avi"
+    os.link(src, other)
+    with pytest.raises(InputError, match="this is the input video"):
+        files.process_video(make_fake_pipeline(), src, other, progress=False)
+    assert src.read_bytes() == before
+
+
+def test_a_failed_video_run_leaves_the_old_output_as_it_was(tmp_path, monkeypatch):
+    """The video is written beside the output and moved onto it when complete."""
+    from emojicam import files
+    from tests.factories import make_fake_pipeline, write_test_video
+
+    src = write_test_video(tmp_path / "clip.avi", n_frames=10)
+    dst = tmp_path / "out.avi"
+    dst.write_bytes(b"last week's result")
+
+    class Interrupted(Exception):
+        pass
+
+    real_frames = files.video_frames
+
+    def frames_then_interrupt(cap, fps):
+        yield from list(real_frames(cap, fps))[:3]
+        raise Interrupted  # Ctrl+C, a full disk, a crash
+
+    monkeypatch.setattr(files, "video_frames", frames_then_interrupt)
+    with pytest.raises(Interrupted):
+        files.process_video(make_fake_pipeline(), src, dst, progress=False)
+    assert dst.read_bytes() == b"last week's result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.avi", "out.avi"]  # no part file left
+    monkeypatch.undo()
+    assert files.process_video(make_fake_pipeline(), src, dst, progress=False) == 10
+    cap, info = files.open_video(dst)
+    cap.release()
+    assert info.frame_count == 10
+
+
 def test_process_of_a_video_that_yields_no_frame_is_an_error(tmp_path, monkeypatch):
     """Zero frames written is a failure, not "done": nothing is left behind."""
     from emojicam import files
