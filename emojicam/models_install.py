@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,14 +172,25 @@ def extract_verified(wheel: Path, model: ModelFile) -> bytes:
     a zip, lacks the file, or holds different bytes than pinned."""
     try:
         with zipfile.ZipFile(wheel) as zf:
+            size = zf.getinfo(model.wheel_member).file_size
+            if size != model.size_bytes:  # checked before reading: a bogus entry may claim gigabytes
+                raise SetupError(
+                    f"{model.wheel_member} in {wheel.name} is {size} bytes, expected {model.size_bytes}; "
+                    "the download is corrupt or not the official wheel, so it was not installed"
+                )
             data = zf.read(model.wheel_member)
     except KeyError:
         raise SetupError(
             f"{wheel.name} does not contain {model.wheel_member}; only {WHEEL_REQUIREMENT} "
             f"carries it (download it from {WHEEL_PAGE_URL})"
         ) from None
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise SetupError(f"{wheel}: cannot read the wheel as a zip file ({exc})") from exc
+    except (zipfile.BadZipFile, OSError, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+        # a damaged download fails in the decompressor (zlib.error, EOFError); an odd archive
+        # with an unsupported compression (NotImplementedError) or encryption (RuntimeError)
+        raise SetupError(
+            f"{wheel}: cannot read the wheel as a zip file ({type(exc).__name__}: {exc}); download "
+            f"it again from {WHEEL_PAGE_URL}"
+        ) from exc
     digest = hashlib.sha256(data).hexdigest()
     if digest != model.sha256:
         raise SetupError(

