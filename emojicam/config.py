@@ -101,7 +101,9 @@ class PrivacyConfig:
 @dataclass(frozen=True)
 class SinkConfig:
     kind: Literal["virtual", "preview", "null"] = "virtual"
-    name: str = "EmojiCam"  # v4l2loopback card label / Unity Capture device name
+    # v4l2loopback card label / Unity Capture device name. At most 31 bytes: v4l2loopback keeps
+    # only that many of card_label, and a longer name would never be found.
+    name: str = field(default="EmojiCam", metadata={"max_bytes": 31})
     backend: Literal["auto", "v4l2loopback", "unitycapture", "obs"] = "auto"
     device: str | None = None  # explicit /dev/videoN; None: look it up by name
     fps: float = _num(30.0, 1, 120)
@@ -293,6 +295,9 @@ def _coerce(hint: Any, value: Any, meta: Any, source: str, name: str) -> Any:
     if hint is str:
         if not isinstance(value, str) or not value.strip():
             raise bad("a non-empty string")
+        max_bytes = meta.get("max_bytes")
+        if max_bytes is not None and len(value.encode("utf-8")) > max_bytes:
+            raise bad(f"a name of at most {max_bytes} bytes (the device keeps only that many)")
         return value
     raise TypeError(f"config field {name} has unsupported type {hint}")  # programming error
 

@@ -86,6 +86,9 @@ def test_config_is_frozen():
         ({"camera": {"widht": 3}}, "f.yaml: camera.widht: unknown setting (did you mean 'camera.width'?)"),
         ({"camera": 5}, "f.yaml: camera: expected a mapping, got a number"),
         ({"sink": {"name": ""}}, "f.yaml: sink.name: expected a non-empty string, got ''"),
+        # v4l2loopback keeps 31 bytes of card_label: the longer name would never be found
+        ({"sink": {"name": "EmojiCam virtual camera (meetings)"}},
+         "f.yaml: sink.name: expected a name of at most 31 bytes (the device keeps only that many)"),
         ({"detector": {"min_score": float("nan")}}, "f.yaml: detector.min_score: expected a number"),
         ({"camera": {"source": -3}},
          "f.yaml: camera.source: expected a whole number >= 0 or a string, got -3"),
