@@ -289,6 +289,7 @@ class CaptureThread:
     backoff when it fails. ``open_source`` builds a fresh, unopened source."""
 
     MAX_FAILED_READS = 5  # consecutive failed reads before the source counts as lost
+    HEALTHY_FRAMES = 30  # frames in one go before a reopened camera counts as working again
 
     def __init__(
         self,
@@ -357,7 +358,9 @@ class CaptureThread:
                     continue
                 self._source = source
                 try:
-                    if self._pump(source):
+                    # Back to quick retries only after a real stretch of frames: a flaky camera
+                    # that gives one frame per open is retried ever more slowly too.
+                    if self._pump(source) >= self.HEALTHY_FRAMES:
                         delay_s = self._retry_initial_s
                 finally:
                     self._source = None
@@ -376,10 +379,10 @@ class CaptureThread:
         finally:
             self._set_state(CameraState.RELEASED)
 
-    def _pump(self, source: Source) -> bool:
-        """Read until the source fails or we are stopped; True if any frame came."""
+    def _pump(self, source: Source) -> int:
+        """Read until the source fails or we are stopped; returns the frames it gave."""
         failed = 0
-        got_any = False
+        got = 0
         while not self._stop.is_set():
             try:
                 image = to_bgr(source.read())
@@ -389,15 +392,15 @@ class CaptureThread:
             if image is None:
                 failed += 1
                 if failed >= self.MAX_FAILED_READS:
-                    return got_any
+                    return got
                 self._stop.wait(0.02)
                 continue
             failed = 0
             if self._stop.is_set():  # stopped while the driver call blocked: hand nothing on
                 break
-            if not got_any:
-                got_any = True
+            if not got:
                 self._set_state(CameraState.OK)
+            got += 1
             self._slot.put(Frame(image, self.frames_read, self._clock()))
             self.frames_read += 1
-        return got_any
+        return got

@@ -175,6 +175,28 @@ def test_capture_thread_retries_with_backoff_and_recovers() -> None:
     assert state["closes"] >= 1
 
 
+def test_a_camera_that_dies_after_each_frame_is_retried_ever_more_slowly() -> None:
+    """A flaky camera (one frame per open) was reopened every retry_initial_s for
+    good, flickering between picture and placeholder and logging each time."""
+    state = {"attempts": [], "fail_opens": 0, "left": 0, "closes": 0}
+
+    class OneFrameEachOpen(ScriptedSource):
+        def open(self) -> None:
+            super().open()
+            self.state["left"] = 1
+
+    slot: LatestSlot[Frame] = LatestSlot()
+    cap = CaptureThread(lambda: OneFrameEachOpen(state), slot, retry_initial_s=0.05, retry_max_s=0.4)
+    cap.start()
+    try:
+        time.sleep(1.5)
+    finally:
+        assert cap.stop()
+    gaps = np.diff(state["attempts"])
+    # 0.05, 0.1, 0.2, 0.4, 0.4, ... (plus the failed reads): not 0.05 every time
+    assert len(state["attempts"]) <= 8 and max(gaps) >= 0.35, gaps
+
+
 def test_capture_thread_retries_when_building_the_source_fails() -> None:
     state = {"attempts": [], "fail_opens": 0, "left": 3, "closes": 0}
     builds: list[int] = []
