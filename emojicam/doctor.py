@@ -62,6 +62,7 @@ class SystemProbe:
     secure_boot: bool | None = None  # None: unknown / not EFI
     groups: frozenset[str] = frozenset()
     access: Callable[[Path], bool] = field(default=lambda p: os.access(p, os.R_OK | os.W_OK))
+    node_problem: Callable[[Path, str], tuple[str, str] | None] = field(default=v4l2.node_problem)
     camera_source: int | str = 0
     camera_probe: Callable[[int | str], str | None] = field(default=lambda src: None)  # None: works
     daemon_status: dict[str, Any] | None = None  # from a running daemon, if any
@@ -417,7 +418,9 @@ def check_device(p: SystemProbe) -> tuple[list[Check], v4l2.VideoDevice | None]:
         problem = v4l2.not_a_device_path(p.explicit_device, p.label)
         if problem:
             return [Check("device", "fail", *problem)], None
-        devices = [d for d in v4l2.list_devices(p.sysfs_root, p.dev_root) if str(d.path) == p.explicit_device]
+        wanted = os.path.realpath(p.explicit_device)  # a udev symlink names the same device
+        devices = [d for d in v4l2.list_devices(p.sysfs_root, p.dev_root)
+                   if os.path.realpath(d.path) == wanted]
         found = devices[0] if devices else None
         if found is None:
             return [
@@ -448,6 +451,9 @@ def check_device(p: SystemProbe) -> tuple[list[Check], v4l2.VideoDevice | None]:
                 "set sink.name to the loopback device's label, or sink.device to its path",
             )
         ], found
+    problem = p.node_problem(found.path, p.label)
+    if problem:
+        return [Check("device", "fail", *problem)], found
     return [Check("device", "ok", f"{found.path} labelled {found.label!r}")], found
 
 
@@ -462,8 +468,14 @@ def check_exclusive_caps(p: SystemProbe, device: v4l2.VideoDevice) -> Check:
             f"{_modprobe(p.label)}",
         )
     values = [v.strip().upper() for v in text.strip().split(",") if v.strip()]
-    loopbacks = [d for d in v4l2.list_devices(p.sysfs_root, p.dev_root) if d.is_loopback]
-    index = next((i for i, d in enumerate(loopbacks) if d.node == device.node), 0)
+    # The parameter lists one value per device in the order they were created, which is the
+    # order of video_nr (video_nr=10,2 makes video10 first); without it, by device number.
+    numbers = [v.strip() for v in (_read_text(p.module_params_dir / "video_nr") or "").split(",")]
+    if str(device.number) in numbers:
+        index = numbers.index(str(device.number))
+    else:
+        loopbacks = [d for d in v4l2.list_devices(p.sysfs_root, p.dev_root) if d.is_loopback]
+        index = next((i for i, d in enumerate(loopbacks) if d.node == device.node), 0)
     value = values[index] if index < len(values) else (values[0] if values else "")
     if value in ("Y", "1"):
         return Check("exclusive_caps", "ok", "exclusive_caps=1 (Chrome and Meet see the camera)")
@@ -536,7 +548,8 @@ def run_checks(p: SystemProbe) -> list[Check]:
         checks += device_checks
         if device is not None and device.is_loopback:
             checks.append(check_exclusive_caps(p, device))
-            checks.append(check_permissions(p, device))
+            if p.node_problem(device.path, p.label) is None:  # permissions of a real node only
+                checks.append(check_permissions(p, device))
         checks.append(check_camera(p, device))
     else:
         name = (

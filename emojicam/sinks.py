@@ -225,8 +225,10 @@ class VirtualCameraSink:
 
         w, h = self.size_wh
         errors = []
+        tried: str | None = None
         for backend, device in _candidates(self.cfg, self.system, self._sysfs_root, self._dev_root):
             name = self._override or backend
+            tried = device
             try:
                 self._camera = pyvirtualcam.Camera(
                     w, h, self.cfg.fps, fmt=pyvirtualcam.PixelFormat.BGR, device=device, backend=name
@@ -238,9 +240,12 @@ class VirtualCameraSink:
             self.device = str(self._camera.device)
             log.info("virtual camera open: %s via %s, %dx%d at %g fps", self.device, name, w, h, self.cfg.fps)
             return
-        raise SinkError(
-            "cannot open the virtual camera: " + "; ".join(errors) + ". " + _fix_hint(self.system)
-        )
+        hint = _fix_hint(self.system)
+        if self.system == "Linux" and tried:
+            problem = v4l2.node_problem(tried, self.cfg.name)
+            if problem:  # not a permissions matter: say what is wrong with the node
+                hint = "; ".join(problem)
+        raise SinkError("cannot open the virtual camera: " + "; ".join(errors) + ". " + hint)
 
     def send(self, image_bgr: np.ndarray) -> None:
         if self._camera is None:

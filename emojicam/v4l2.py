@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,6 +97,26 @@ def not_a_device_path(device: str, label: str) -> tuple[str, str] | None:
         f"sink.device: {device!r} is not a device path",
         f"on Linux give one such as {example}, or remove the setting to use the device labelled {label!r}",
     )
+
+
+def node_problem(path: Path | str, label: str = "EmojiCam") -> tuple[str, str] | None:
+    """(what is wrong, what to do) when ``path`` is not a character device
+    (the kernel lists the device, but its node is missing or a plain file),
+    else None. A plain file is what a program writing to /dev/videoN leaves
+    when the module was not loaded yet; the kernel then cannot create the node."""
+    reload = f"sudo modprobe -r v4l2loopback && {MODPROBE_LINE.replace('EmojiCam', label)}"
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return (f"{path} does not exist although the kernel lists the device",
+                f"reload the module: {reload} (in a container, pass the device in: --device {path})")
+    except OSError as exc:
+        return f"cannot inspect {path} ({exc})", f"check it with: ls -l {path}"
+    if stat.S_ISCHR(mode):
+        return None
+    kind = "a regular file" if stat.S_ISREG(mode) else "not a device"
+    return (f"{path} is {kind}, not the loopback device (something wrote to it before the module "
+            "was loaded)", f"sudo rm {path}, then reload the module: {reload}")
 
 
 def describe_missing(label: str, sysfs_root: Path = SYSFS_ROOT, dev_root: Path = DEV_ROOT) -> str:

@@ -32,6 +32,7 @@ def healthy(tmp_path: Path, **changes) -> doctor.SystemProbe:
         secure_boot=False,
         groups=frozenset({"video", "me"}),
         access=lambda p: True,
+        node_problem=lambda path, label: None,  # /dev/video10 taken to be the device node
         camera_source=0,
         camera_probe=lambda src: None,
         tray_probe=lambda: doctor.Check("tray", "ok", "appindicator backend"),
@@ -123,6 +124,44 @@ def test_exclusive_caps_off_for_our_device(tmp_path: Path) -> None:
     assert "exclusive_caps=1" in c["exclusive_caps"].fix
     (probe.module_params_dir / "exclusive_caps").write_text("N,Y\n")
     assert by_name(doctor.run_checks(probe))["exclusive_caps"].status == "ok"
+
+
+def test_exclusive_caps_follows_the_order_of_video_nr(tmp_path: Path) -> None:
+    """video_nr=10,9 creates video10 first: its exclusive_caps value is the first."""
+    sysfs = make_sysfs_tree(tmp_path / "s5", [(9, "OBS", True), (10, "EmojiCam", True)])
+    probe = healthy(tmp_path, sysfs_root=sysfs)
+    (probe.module_params_dir / "video_nr").write_text("10,9,-1,-1\n")
+    (probe.module_params_dir / "exclusive_caps").write_text("Y,N\n")
+    assert by_name(doctor.run_checks(probe))["exclusive_caps"].status == "ok"
+    (probe.module_params_dir / "exclusive_caps").write_text("N,Y\n")
+    assert by_name(doctor.run_checks(probe))["exclusive_caps"].status == "fail"
+
+
+def test_a_device_node_that_is_a_plain_file_or_missing_is_named(tmp_path: Path) -> None:
+    """A program writing to /dev/video10 before the module was loaded leaves a plain
+    file there; doctor once said "all good" (and blamed the video group when it was missing)."""
+    from emojicam import v4l2
+
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    probe = healthy(tmp_path, dev_root=dev, node_problem=v4l2.node_problem, groups=frozenset({"me"}))
+    (dev / "video10").write_bytes(b"\0" * 4096)
+    c = by_name(doctor.run_checks(probe))
+    assert c["device"].status == "fail" and "is a regular file" in c["device"].detail
+    assert f"sudo rm {dev / 'video10'}" in c["device"].fix and "permissions" not in c
+    (dev / "video10").unlink()
+    c = by_name(doctor.run_checks(probe))
+    assert c["device"].status == "fail" and "does not exist although the kernel lists" in c["device"].detail
+    assert "permissions" not in c  # not the video group's fault
+
+
+def test_an_explicit_device_given_as_a_symlink_is_found(tmp_path: Path) -> None:
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    (dev / "video10").touch()
+    (dev / "emojicam").symlink_to(dev / "video10")  # a udev SYMLINK+= rule
+    probe = healthy(tmp_path, dev_root=dev, explicit_device=str(dev / "emojicam"))
+    assert by_name(doctor.run_checks(probe))["device"].status == "ok"
 
 
 def test_exclusive_caps_unreadable_is_a_warning(tmp_path: Path) -> None:

@@ -139,26 +139,47 @@ def test_every_failing_backend_is_listed(monkeypatch) -> None:
     assert "'obs' backend: no device None (device: default)" in message and "Unity Capture" in message
 
 
-def test_a_found_device_that_will_not_open_is_not_blamed_on_the_module(sysfs: Path) -> None:
-    """The device exists (so v4l2loopback is loaded): the fix is access to it,
-    not the modprobe line."""
+class Denied:
+    """A pyvirtualcam backend whose device refuses to open."""
 
-    class Denied:
-        def __init__(self, **kw):
-            raise RuntimeError(f"{kw['device']} could not be opened due to missing permissions")
+    def __init__(self, **kw):
+        raise RuntimeError(f"{kw['device']} could not be opened due to missing permissions")
 
+
+def open_denied(sysfs: Path, dev: Path) -> str:
+    """The message of the SinkError that opening the device through ``Denied`` gives."""
     pyvirtualcam.register_backend("emojicam-test-denied", Denied)
     try:
         sink = sinks.VirtualCameraSink(SinkConfig(), (32, 32), system="Linux", sysfs_root=sysfs,
-                                       pyvirtualcam_backend="emojicam-test-denied")
+                                       dev_root=dev, pyvirtualcam_backend="emojicam-test-denied")
         with pytest.raises(sinks.SinkError) as err:
             sink.open()
     finally:
         pyvirtualcam.camera.BACKENDS.pop("emojicam-test-denied", None)
-    message = str(err.value)
-    assert "/dev/video10 could not be opened due to missing permissions" in message
+    return str(err.value)
+
+
+@pytest.mark.skipif(not Path("/dev/null").is_char_device(), reason="needs /dev/null, a character device")
+def test_a_found_device_that_will_not_open_is_not_blamed_on_the_module(sysfs: Path, tmp_path: Path) -> None:
+    """The device exists (so v4l2loopback is loaded): the fix is access to it,
+    not the modprobe line."""
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    (dev / "video10").symlink_to("/dev/null")  # a character device node
+    message = open_denied(sysfs, dev)
+    assert f"{dev / 'video10'} could not be opened due to missing permissions" in message
     assert "'video' group" in message and "emojicam doctor" in message
     assert "modprobe" not in message
+
+
+def test_a_device_node_that_is_a_plain_file_is_named_not_the_video_group(sysfs: Path, tmp_path: Path) -> None:
+    """What writing to /dev/video10 before the module was loaded leaves behind."""
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    (dev / "video10").write_bytes(b"\0" * 4096)
+    message = open_denied(sysfs, dev)
+    assert "is a regular file, not the loopback device" in message
+    assert f"sudo rm {dev / 'video10'}" in message and "'video' group" not in message
 
 
 @pytest.mark.parametrize(
