@@ -87,6 +87,9 @@ FULL_RANGE_GEOMETRY = ModelGeometry(192, (4,), 1, 2304, box_scale=1 / 1.110, box
 #: overlapping tiles of the frame. (Larger faces are found in the whole frame:
 #: 8 faces of 160 px all are.) Selfie clip: tiles on 5 of its 511 frames.
 CROWD_MIN_FACES = 4
+#: Privacy-first detection (replace mode) covers faces from this size, in frame
+#: pixels, whatever ``detector.min_face_px`` says.
+PRIVACY_MIN_FACE_PX = 8
 CROWD_FACE_FRAC = 0.10
 CROWD_SMALL_FACE_FRAC = 0.06
 #: Tile side as a fraction of the frame's longer side (720 px at 1280x720).
@@ -221,8 +224,11 @@ def weighted_nms(dets: Detections, iou_threshold: float = NMS_IOU) -> Detections
         members = remaining & (_iou_one_to_many(boxes[i], boxes) > iou_threshold)
         members[i] = True
         w = scores[members][:, None]
-        out_b.append((boxes[members] * w).sum(0) / w.sum())
-        out_k.append((kps[members] * w[:, :, None]).sum(0) / w.sum())
+        if not w.sum() > 0:  # all scores 0: a plain mean rather than 0/0
+            w = np.ones_like(w)
+        total = float(w.sum())
+        out_b.append((boxes[members] * w).sum(0) / total)
+        out_k.append((kps[members] * w[:, :, None]).sum(0) / total)
         out_s.append(scores[i])
         remaining &= ~members
     return Detections(np.array(out_b, np.float32), np.array(out_k, np.float32), np.array(out_s, np.float32))
@@ -561,7 +567,10 @@ class BlazeFaceDetector:
         side = model.geometry.input_side
         boxes = lb.to_full(dets.boxes_xyxy.reshape(-1, 2, 2), side).reshape(-1, 4)
         min_side = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-        big = min_side >= self.min_face_px * px_scale
+        # Privacy-first, a face found is covered whatever its size (a 30 px face in the
+        # background of a 640x480 frame is a face too); only specks are dropped.
+        min_px = self.min_face_px if self._strict_min_score is None else PRIVACY_MIN_FACE_PX
+        big = min_side >= min_px * px_scale
         return Detections(boxes[big], lb.to_full(dets.keypoints_xy, side)[big], dets.scores[big])
 
     def _run_tiles(self, model: BlazeFaceModel, image_bgr: np.ndarray) -> Detections:

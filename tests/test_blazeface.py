@@ -114,6 +114,11 @@ def test_weighted_nms_averages_a_cluster_and_keeps_separate_faces() -> None:
     np.testing.assert_allclose(out.boxes_xyxy[1], [50, 50, 60, 60])
 
 
+def test_weighted_nms_of_boxes_scored_zero_is_their_mean_not_nan() -> None:
+    out = bf.weighted_nms(dets_of([[10, 10, 50, 50], [12, 12, 52, 52]], [0.0, 0.0]))
+    assert np.allclose(out.boxes_xyxy, [[11, 11, 51, 51]])
+
+
 def test_weighted_nms_keeps_boxes_that_barely_overlap() -> None:
     out = bf.weighted_nms(dets_of([[0, 0, 10, 10], [7, 0, 17, 10]], [0.9, 0.8]))  # IoU 3/17
     assert len(out) == 2

@@ -90,6 +90,8 @@ def test_config_is_frozen():
         ({"sink": {"name": "EmojiCam virtual camera (meetings)"}},
          "f.yaml: sink.name: expected a name of at most 31 bytes (the device keeps only that many)"),
         ({"detector": {"min_score": float("nan")}}, "f.yaml: detector.min_score: expected a number"),
+        # at 0 every anchor counts: a frame full of emoji at 2 fps
+        ({"privacy": {"min_score": 0}}, "f.yaml: privacy.min_score: expected a number from 0.05 to 1, got 0"),
         ({"camera": {"source": -3}},
          "f.yaml: camera.source: expected a whole number >= 0 or a string, got -3"),
     ],

@@ -120,6 +120,16 @@ def test_small_face_is_covered_from_the_frame_it_appears(face):
         assert report.leak_frames == [], f"after {empty} empty frames: {report.summary()}"
 
 
+def test_a_small_face_the_detector_finds_is_covered_whatever_min_face_px_says(face):
+    """A 30 px face in a 640x480 frame, found at score 0.9: detector.min_face_px (32)
+    dropped it even in replace mode, and it showed whole."""
+    image, box = paste_face(synthetic_background((640, 480)), face[0], face[1], (384, 288), 30)
+    pipeline = make_pipeline("blazeface")
+    assert pipeline.detector.min_face_px > 30  # the default would drop it
+    report = measure("small", pipeline, [(image, [box])] * 2)
+    assert report.leak_frames == [], report.summary()
+
+
 def test_every_face_of_a_crowd_is_covered(face):
     # 20 faces of 105 px: the full-range model finds 11 of them in the whole
     # frame, all 20 in its tiles (RELIABILITY finding 5)
