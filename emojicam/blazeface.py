@@ -634,6 +634,12 @@ class BlazeFaceDetector:
 #: common case: the short-range model, near the small end of its range,
 #: gives a loose box around a face that the full-range model frames tightly.
 SAME_FACE_OVERLAP = 0.6
+#: ...unless the doubtful box is this many times larger than that confident
+#: box: then the confident box is a fragment of the face (the full-range model
+#: scoring a cheek at 0.59 while the short-range one frames the whole face at
+#: 0.31, a face cut by the frame's edge), and it grows to the doubtful box.
+#: The loose boxes of one face seen on the selfie clip are about 2x.
+FRAGMENT_AREA_RATIO = 4.0
 #: Two confident boxes from the two models that overlap (IoU above ``NMS_IOU``)
 #: are one face only if their centres are at most this far apart, in sides of
 #: the larger box. On the selfie clip the two models' boxes of one face lie at
@@ -661,13 +667,28 @@ def merge_models(first: Detections | None, second: Detections | None, min_score:
     doubtful = Detections.concat([_select(d, d.scores < min_score) for d in parts])
     for i in np.argsort(-doubtful.scores, kind="stable"):
         box = doubtful.boxes_xyxy[i]
-        if len(merged) and (
-            np.any(_iou_one_to_many(box, merged.boxes_xyxy) > NMS_IOU)
-            or np.any(_overlap_of_smaller(box, merged.boxes_xyxy) >= SAME_FACE_OVERLAP)
-        ):
-            continue
+        if len(merged):
+            same = (_iou_one_to_many(box, merged.boxes_xyxy) > NMS_IOU) | (
+                _overlap_of_smaller(box, merged.boxes_xyxy) >= SAME_FACE_OVERLAP
+            )
+            if np.any(same):
+                _, area, areas = _areas(box, merged.boxes_xyxy)
+                confident = merged.scores >= min_score
+                fragments = np.flatnonzero(same & confident & (area >= FRAGMENT_AREA_RATIO * areas))
+                if len(fragments) == 1:  # the face around a confident fragment of it: cover both
+                    merged = _grown_to_hold(merged, int(fragments[0]), box)
+                continue
         merged = Detections.concat([merged, _select(doubtful, np.arange(len(doubtful)) == i)])
     return merged
+
+
+def _grown_to_hold(dets: Detections, j: int, box: np.ndarray) -> Detections:
+    """``dets`` with box ``j`` grown to the union of it and ``box`` (keypoints
+    and score kept)."""
+    boxes = dets.boxes_xyxy.copy()
+    boxes[j, :2] = np.minimum(boxes[j, :2], box[:2])
+    boxes[j, 2:] = np.maximum(boxes[j, 2:], box[2:])
+    return Detections(boxes, dets.keypoints_xy, dets.scores)
 
 
 def _select(dets: Detections, keep: np.ndarray) -> Detections:

@@ -246,6 +246,21 @@ def test_a_doubtful_box_never_replaces_a_confident_one() -> None:
     assert len(bf.merge_models(None, None, 0.5)) == 0
 
 
+def test_a_confident_fragment_inside_a_doubtful_face_box_grows_to_cover_the_face() -> None:
+    """Selfie frame 71 in a 360x480 portrait crop: the full-range model scores a 48 px
+    patch of the cheek 0.59, the short-range one frames the whole face at 0.31. The
+    face box was dropped as a duplicate of the patch, and 49% of the face showed."""
+    face = dets_of([[277, 212, 385, 321]], [0.31])
+    cheek = dets_of([[323, 235, 371, 283]], [0.59])
+    merged = bf.merge_models(face, cheek, min_score=0.5)
+    np.testing.assert_allclose(merged.boxes_xyxy, [[277, 212, 385, 321]])
+    np.testing.assert_allclose(merged.scores, [0.59])  # the fragment's box, grown
+    # a doubtful loose box about twice a confident one stays the same face, as before
+    loose = dets_of([[300, 220, 380, 300]], [0.31])  # 6,400 px against the cheek's 2,304
+    merged = bf.merge_models(loose, cheek, min_score=0.5)
+    np.testing.assert_allclose(merged.boxes_xyxy, [[323, 235, 371, 283]])
+
+
 def test_a_face_half_behind_another_keeps_its_own_box() -> None:
     # The second model's box overlaps the first's (IoU 0.33) but is centred half a
     # face away: another face, partly hidden. The same face framed 20% differently

@@ -130,6 +130,18 @@ def test_a_small_face_the_detector_finds_is_covered_whatever_min_face_px_says(fa
     assert report.leak_frames == [], report.summary()
 
 
+def test_a_face_framed_around_a_confident_fragment_is_covered(selfie_mp4):
+    """Selfie frame 71 cut to a 360x480 portrait, the face 77% in view at its edge: the
+    confident box of a cheek and the doubtful box of the face were one face, the cheek's
+    kept, and 49% of the face showed (fresh pipeline, no held box to hide it)."""
+    from emojicam.types import FaceBox
+
+    (image,) = read_video_frames(selfie_mp4, [71])
+    face = FaceBox(277, 212, 83, 109)  # the short-range model's box of the face, clipped
+    report = measure("portrait", make_pipeline("blazeface"), [(image[:, 140:500].copy(), [face])])
+    assert report.leak_frames == [], report.summary()
+
+
 def test_every_face_of_a_crowd_is_covered(face):
     # 20 faces of 105 px: the full-range model finds 11 of them in the whole
     # frame, all 20 in its tiles (RELIABILITY finding 5)
