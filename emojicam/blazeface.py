@@ -95,7 +95,8 @@ CROWD_SMALL_FACE_FRAC = 0.06
 #: Tile side as a fraction of the frame's longer side (720 px at 1280x720).
 CROWD_TILE_FRAC = 9 / 16
 #: Neighbouring tiles overlap by at least this fraction of the tile side
-#: (160 px at 1280x720), so a face of a crowd lies wholly inside one tile.
+#: (90 px at 1280x720; the two 720x720 halves there overlap by 160), so a
+#: face of a crowd lies wholly inside one tile.
 CROWD_TILE_MIN_OVERLAP = 1 / 8
 #: A tile's box that comes this close (fraction of the tile side) to a cut
 #: between tiles may be part of a face; it is dropped (the neighbouring tile
