@@ -101,6 +101,12 @@ class PrivacyAwareTracker(Protocol):
     def set_privacy(self, strict: bool) -> None: ...
 
 
+class ResizableTracker(Protocol):
+    """Optional: a tracker that moves its boxes when the frame size changes."""
+
+    def rescale(self, sx: float, sy: float) -> None: ...
+
+
 class Classifier(Protocol):
     def classify(self, image_bgr: np.ndarray, boxes: Sequence[FaceBox]) -> list[EmotionScores]:
         """One ``EmotionScores`` per box, in the same order."""
@@ -163,12 +169,14 @@ class Pipeline:
     _warned: set[str] = field(default_factory=set)
     _stages_strict: bool | None = None  # what the detector and tracker were last told
     _last_classified: dict[int, int] = field(default_factory=dict)  # track id -> frame number
+    _size_wh: tuple[int, int] | None = None  # of the last frame analysed
 
     def analyse(self, frame: Frame) -> list[FaceResult]:
         """Detect, track, classify and smooth; no drawing."""
         clock = time.perf_counter
         image = frame.image_bgr
         strict = self._sync_privacy()
+        self._follow_resize((image.shape[1], image.shape[0]))
         # A frame without detection reuses the last boxes: a face that moves or
         # walks in would show, so the mask detects on every frame.
         run_detector = strict or self._frames_seen % self.detect_every_n == 0
@@ -197,6 +205,15 @@ class Pipeline:
         t4 = clock()
         self.times = StageTimes(t1 - t0, t2 - t1, t3 - t2, t4 - t3, 0.0)
         return results
+
+    def _follow_resize(self, size_wh: tuple[int, int]) -> None:
+        """A new frame size (the camera reopened at another resolution): a
+        tracker that can (``rescale``) moves its boxes with the picture, so a
+        face the detector misses on the first such frame stays covered."""
+        old, self._size_wh = self._size_wh, size_wh
+        rescale = getattr(self.tracker, "rescale", None)
+        if old is not None and old != size_wh and rescale is not None:
+            rescale(size_wh[0] / old[0], size_wh[1] / old[1])
 
     def _due_for_classification(self, tracks: Sequence[Track], frame_no: int) -> list[Track]:
         """The tracks to classify on this frame: each face the detector saw on
@@ -333,6 +350,7 @@ def carry_faces(old: Pipeline, new: Pipeline) -> None:
             adopt(theirs)
     new._frames_seen = old._frames_seen
     new._last_classified = dict(old._last_classified)
+    new._size_wh = old._size_wh
 
 
 def _pipeline_settings(config: Config) -> tuple[object, ...]:

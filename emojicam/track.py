@@ -114,5 +114,11 @@ class IoUTracker:
             self._tracks = [_State(s.track, s.last_seen_s) for s in other._tracks]
             self._next_id = other._next_id
 
+    def rescale(self, sx: float, sy: float) -> None:
+        """The frame was resized by (sx, sy) (the camera's resolution changed):
+        move every track's box with it, so a held box still covers its face."""
+        for s in self._tracks:
+            s.track = replace(s.track, box=s.track.box.scaled(sx, sy))
+
     def reset(self) -> None:
         self._tracks.clear()

@@ -97,6 +97,16 @@ class FaceBox:
         union = self.area + other.area - inter
         return inter / union if union > 0 else 0.0
 
+    def scaled(self, sx: float, sy: float) -> FaceBox:
+        """This box in an image scaled by (sx, sy), rounded outwards."""
+        x0, y0 = math.floor(self.x * sx), math.floor(self.y * sy)
+        x1, y1 = math.ceil((self.x + self.w) * sx), math.ceil((self.y + self.h) * sy)
+
+        def eye(xy: tuple[float, float] | None) -> tuple[float, float] | None:
+            return None if xy is None else (xy[0] * sx, xy[1] * sy)
+
+        return FaceBox(x0, y0, x1 - x0, y1 - y0, self.score, eye(self.left_eye_xy), eye(self.right_eye_xy))
+
     def clipped(self, size_wh: tuple[int, int]) -> FaceBox | None:
         """This box clipped to an image, or None if nothing is left."""
         w_img, h_img = size_wh

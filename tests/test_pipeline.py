@@ -213,6 +213,18 @@ def test_a_rebuilt_pipeline_keeps_following_the_faces(monkeypatch):
     assert len({r.track_id for r in later}) == 2
 
 
+def test_held_boxes_follow_a_change_of_frame_size():
+    """The camera reopened at twice the resolution and the detector misses the face
+    on the first new frame: its held box must be where the face now is, not at the
+    old coordinates."""
+    p = make_pipeline([make_box(200, 120, 160, 160)])
+    p.process(make_frame((640, 480), index=0))
+    p.detector.boxes = []
+    image, results = p.process(make_frame((1280, 960), index=1))
+    assert [r.box.xywh for r in results] == [(400, 240, 320, 320)]
+    assert (image[240:560, 400:720] == 255).all()  # covered where the face now is
+
+
 class ExplodingClassifier:
     def classify(self, image_bgr, boxes):
         raise RuntimeError("model failure")
