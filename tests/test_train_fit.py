@@ -34,6 +34,29 @@ def test_a_run_folder_without_run_json_says_what_it_expected(tmp_path):
         read_manifest(tmp_path / "typo")
 
 
+def test_ferplus_mix_without_the_votes_file_stops_instead_of_training_one_hot(tmp_path):
+    from train.fit import fit
+
+    with pytest.raises(SystemExit, match="--ferplus-mix needs --ferplus"):
+        fit(tmp_path / "fer2013.npz", tmp_path / "run", Recipe(ferplus_mix=0.4))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_finished_run_is_not_started_over(tmp_path):
+    """Keras deletes a run's backup when it ends: running it again retrained the whole
+    cycle from its start weights and appended a second set of epochs to its log."""
+    from train.fit import fit
+    from train.qat import qat_run
+
+    run = tmp_path / "deep-x"
+    run.mkdir()
+    (run / "DONE").write_text("2026-11-22\n")
+    with pytest.raises(SystemExit, match=r"finished run .* --init-from deep-x"):
+        fit(tmp_path / "fer2013.npz", run, Recipe())
+    with pytest.raises(SystemExit, match="finished run"):
+        qat_run(tmp_path / "source", tmp_path / "fer2013.npz", run)
+
+
 def _run_with_arch(tmp_path, arch):
     import json
 

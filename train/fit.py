@@ -147,8 +147,12 @@ def fit(
     init_from: Path | None = None,
 ) -> Path:
     """Train (or resume) a run. Returns the path of the best weights."""
+    refuse_finished(run_dir)
     if recipe.teacher_mix > 0 and teacher is None:
         raise SystemExit("--teacher-mix needs --teacher FILE (made by 'python -m train teach')")
+    if recipe.ferplus_mix > 0 and ferplus_votes is None:
+        raise SystemExit("--ferplus-mix needs --ferplus ferplus_votes.npz (without it the targets "
+                         "would silently stay one-hot)")
     import keras
 
     from train.distill import blend_teacher, load_teacher
@@ -164,6 +168,7 @@ def fit(
         probs, teacher_sha = load_teacher(teacher, len(train.labels))
         y_train = blend_teacher(y_train, probs, recipe.teacher_mix)
 
+    ferplus_sha = file_sha256(ferplus_votes) if ferplus_votes is not None and recipe.ferplus_mix > 0 else None
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = run_dir / "run.json"
     if manifest.exists():
@@ -175,6 +180,12 @@ def fit(
                 f"  saved: {saved}\n  asked: {recipe}\n"
                 "Use the same options to resume, or a new --run name."
             )
+        if "ferplus_sha256" in saved_manifest and saved_manifest["ferplus_sha256"] != ferplus_sha:
+            raise SystemExit(
+                f"{manifest}: this run was started with another --ferplus file "
+                f"(sha256 {saved_manifest['ferplus_sha256']}, now {ferplus_sha}); "
+                "pass the same file to resume, or a new --run name."
+            )
         if saved_manifest.get("teacher_sha256") != teacher_sha:
             raise SystemExit(
                 f"{manifest}: this run was started with another --teacher file "
@@ -183,6 +194,8 @@ def fit(
             )
     else:
         record = {"recipe": asdict(recipe), "data": str(data)}
+        if ferplus_sha is not None:
+            record.update(ferplus=str(ferplus_votes), ferplus_sha256=ferplus_sha)
         if teacher_sha is not None:
             record.update(teacher=str(teacher), teacher_sha256=teacher_sha)
         manifest.write_text(json.dumps(record, indent=2))
@@ -249,6 +262,23 @@ def fit(
     )
     (run_dir / "DONE").write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
     return run_dir / "best.weights.h5"
+
+
+def refuse_finished(run_dir: Path) -> None:
+    """Stop when ``run_dir`` holds a finished run: Keras deletes its backup at the
+    end, so running it again would start the whole cycle over and append a second
+    set of epochs to its log (and maybe replace its best weights)."""
+    if (run_dir / "DONE").exists():
+        raise SystemExit(
+            f"{run_dir} is a finished run (its DONE file is there). Give a new --run name; "
+            f"to continue from its weights, add --init-from {run_dir.name}."
+        )
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def read_manifest(run_dir: Path) -> dict:

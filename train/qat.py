@@ -174,10 +174,20 @@ def calibrate(float_twin, images: np.ndarray) -> dict[str, list[float]]:
 def qat_run(source_run: Path, data: Path, out_run: Path, *, epochs: int = 2, lr: float = 1e-3,
             progress: str = "auto") -> Path:
     """Fine-tune ``source_run``'s best weights with simulated int8 into ``out_run``."""
+    from train.fit import (
+        Recipe,
+        datasets,
+        read_manifest,
+        refuse_finished,
+        run_callbacks,
+        schedule_steps,
+        verbosity,
+    )
+
+    refuse_finished(out_run)
     import keras
 
     from train.export import load_float_model
-    from train.fit import Recipe, datasets, read_manifest, run_callbacks, schedule_steps, verbosity
 
     keras.mixed_precision.set_global_policy("float32")
     source = read_manifest(source_run)
