@@ -8,7 +8,7 @@ import pytest
 
 from emojicam.types import Emotion
 from train import CLASS_NAMES
-from train.data import load_fer, soft_labels_from_votes
+from train.data import also_in_training, load_fer, soft_labels_from_votes
 from train.evaluate import confusion_matrix
 
 
@@ -47,6 +47,23 @@ def test_csv_and_npz_give_the_same_split(tmp_path):
         np.testing.assert_array_equal(a.images, images[expect])
         np.testing.assert_array_equal(b.images, images[expect])
         np.testing.assert_array_equal(a.labels, b.labels)
+
+
+def test_test_images_that_are_also_in_training_are_found(tmp_path):
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 255, (6, 48, 48), dtype=np.uint8)
+    images[4] = images[0]  # a PrivateTest image byte-identical to a Training one
+    usage = np.array([0, 0, 1, 2, 2, 2], np.uint8)
+    np.savez(tmp_path / "f.npz", images=images, labels=np.zeros(6, np.uint8), usage=usage,
+             pixels_exact=np.ones(6, np.uint8))
+    assert also_in_training(tmp_path / "f.npz", "private").tolist() == [False, True, False]
+    assert also_in_training(tmp_path / "f.npz", "public").tolist() == [False]
+
+
+@pytest.mark.shared_data
+def test_fer2013_test_splits_share_about_8_percent_of_their_images_with_training(fer_npz):
+    assert int(also_in_training(fer_npz, "private").sum()) == 288
+    assert int(also_in_training(fer_npz, "public").sum()) == 280
 
 
 def test_missing_data_file_says_what_to_pass(tmp_path):

@@ -59,6 +59,17 @@ def soft_labels_from_votes(votes: np.ndarray) -> np.ndarray:
     return np.divide(soft, total, out=np.zeros_like(soft), where=total > 0)
 
 
+def also_in_training(path: str | Path, split: str) -> np.ndarray:
+    """For each image of ``split``, whether a byte-identical image is in Training.
+
+    FER-2013 itself has such duplicates (about 8% of each test split, see the
+    data's README): a model has seen those answers, so an honest report also
+    gives the accuracy without them."""
+    train = load_fer(path, "train")
+    seen = {img.tobytes() for img in train.images}
+    return np.array([img.tobytes() in seen for img in load_fer(path, split).images], bool)
+
+
 def load_fer(
     path: str | Path,
     split: str,

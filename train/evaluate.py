@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from train import CLASS_NAMES
-from train.data import load_fer
+from train.data import also_in_training, load_fer
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n: int = 7) -> np.ndarray:
@@ -31,13 +31,19 @@ def evaluate(model: Path, data: Path, split: str, confusion_png: Path | None,
     pred = probs.argmax(1)
     cm = confusion_matrix(s.labels.astype(np.int64), pred)
     recall = cm.diagonal() / np.maximum(cm.sum(1), 1)
-    acc = float(np.mean(pred == s.labels))
+    correct = pred == s.labels
+    acc = float(np.mean(correct))
+    seen = also_in_training(data, split)
+    unseen_acc = float(np.mean(correct[~seen]))
     result = {
         "model": str(model), "split": split, "images": int(len(pred)), "accuracy": acc,
+        "also_in_training": int(seen.sum()), "accuracy_without_those": unseen_acc,
         "recall": {c: float(r) for c, r in zip(CLASS_NAMES, recall, strict=True)},
         "confusion": cm.tolist(),
     }
     print(f"{model} on FER-2013 {split} ({len(pred)} images): accuracy {acc:.2%}")
+    print(f"  without the {seen.sum()} images that are also in Training (FER-2013's own duplicates): "
+          f"{unseen_acc:.2%}")
     for c, r, total in zip(CLASS_NAMES, recall, cm.sum(1), strict=True):
         print(f"  {c:9s} recall {r:6.1%}  ({total} images)")
     if confusion_png:
