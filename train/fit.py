@@ -4,7 +4,8 @@ Everything a run needs to continue lives in its run folder (outside the
 repository by default): Keras' BackupAndRestore keeps the last finished
 epoch with optimizer state, ``best.weights.h5`` the best PublicTest epoch,
 ``log.csv`` one row per epoch and ``run.json`` the recipe. Re-running the
-same command resumes where the last run stopped.
+same command resumes an interrupted run where it stopped; a finished run
+(``DONE``) refuses, as Keras has dropped its backup.
 """
 
 from __future__ import annotations
