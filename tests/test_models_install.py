@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import re
 import subprocess
 from pathlib import Path
 
@@ -254,7 +255,7 @@ def test_pinned_files_are_the_mediapipe_face_detectors() -> None:
     for model in models_install.MODEL_FILES:
         assert model.wheel_member.startswith("mediapipe/modules/face_detection/")
         assert model.wheel_member.endswith(model.filename)
-        assert len(model.sha256) == 64 and int(model.sha256, 16) >= 0
+        assert re.fullmatch(r"[0-9a-f]{64}", model.sha256)
 
 
 def test_models_status_command_reports_missing_files(tmp_path, monkeypatch, capsys) -> None:

@@ -275,11 +275,16 @@ def test_privacy_off_passes_through_even_in_replace():
     ids=["empty", "gray", "bgra", "gray1", "float", "uint16", "7-channel"],
 )
 def test_odd_frames_never_raise(image):
+    """Converted and processed, or (empty, 7 channels) skipped; never a stage error
+    (which process() would also turn into a frame of the right shape)."""
     p = make_pipeline()
     out, results = p.process(Frame(image, 0, 0.0))
-    assert isinstance(out, np.ndarray)
+    assert isinstance(out, np.ndarray) and p.failed_frames == 0
     if image.size and image.ndim in (2, 3) and (image.ndim == 2 or image.shape[2] in (1, 3, 4)):
         assert out.shape == image.shape[:2] + (3,) and out.dtype == np.uint8
+        assert len(results) == 1 and p.compositor.calls == [("replace", 1)]
+    else:
+        assert results == [] and p.compositor.calls == []
 
 
 @pytest.mark.parametrize("dtype", [np.int16, np.int32, bool])

@@ -436,9 +436,11 @@ def test_camera_changing_resolution_and_format_mid_stream(start):
     wait_for(lambda: eng.status().frames_processed > 4 * len(shapes) * 2, timeout_s=10)
     assert eng.status().state == "running" and eng.status().camera == "ok"
     assert pipeline.failed_frames == 0
-    from emojicam.sinks import fit_to
-
-    assert all(fit_to(f, SIZE_WH).shape == (SIZE_WH[1], SIZE_WH[0], 3) for f in sink.frames)
+    # every frame reaches the sink as HxWx3 uint8, whatever the camera gave (the virtual
+    # camera then letterboxes it to its own size: test_sinks.py)
+    frames = list(sink.frames)
+    assert frames and all(f.ndim == 3 and f.shape[2] == 3 and f.dtype == np.uint8 for f in frames)
+    assert len({f.shape for f in frames}) >= 3  # the sizes did change on the way
 
 
 def test_slow_consumer_never_slows_processing_or_control(start):

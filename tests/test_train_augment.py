@@ -77,11 +77,14 @@ def test_mixup_blends_images_and_targets_with_the_same_partner_and_weight():
     y = np.eye(n, dtype=np.float32)  # a class per image: the target names the partner
     mx, my = mixup(x, y, 0.4, np.random.default_rng(5))
     np.testing.assert_allclose(my.sum(axis=1), 1.0, rtol=1e-6)
+    mixed = 0
     for i in range(n):
         lam = my[i, i] if np.count_nonzero(my[i]) == 2 else 1.0
         partners = [j for j in np.nonzero(my[i])[0] if j != i]
+        mixed += bool(partners)
         expected = i if not partners else lam * i + (1 - lam) * partners[0]
         np.testing.assert_allclose(mx[i], expected, rtol=1e-5, atol=1e-4)
+    assert mixed > n // 2  # blended at all (an image paired with itself stays as it was)
 
 
 def test_batch_order_is_whole_shuffled_batches_new_each_epoch_and_reproducible():
