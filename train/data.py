@@ -7,6 +7,7 @@ PublicTest for model selection, PrivateTest only for the final report.
 from __future__ import annotations
 
 import csv
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,11 @@ def soft_labels_from_votes(votes: np.ndarray) -> np.ndarray:
         soft[:, dst] = votes[:, src]
     total = soft.sum(axis=1, keepdims=True)
     return np.divide(soft, total, out=np.zeros_like(soft), where=total > 0)
+
+
+def file_sha256(path: str | Path) -> str:
+    """A data file's sha256, recorded in run.json so a resume can check it."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def also_in_training(path: str | Path, split: str) -> np.ndarray:

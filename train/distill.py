@@ -13,11 +13,12 @@ no extra time per epoch, which matters on a 2-core CPU.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
 import numpy as np
+
+from train.data import file_sha256
 
 log = logging.getLogger("train")
 
@@ -79,7 +80,7 @@ def load_teacher(path: Path, num_images: int) -> tuple[np.ndarray, str]:
             f"{path}: holds {probs.shape[0]} rows of {probs.shape[1]} classes, but Training has "
             f"{num_images} images of 7: was it made from another copy of FER-2013?"
         )
-    return probs, hashlib.sha256(path.read_bytes()).hexdigest()
+    return probs, file_sha256(path)
 
 
 def blend_teacher(targets: np.ndarray, teacher: np.ndarray, mix: float) -> np.ndarray:

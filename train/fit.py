@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from train.data import load_fer
+from train.data import file_sha256, load_fer
 
 log = logging.getLogger("train")
 
@@ -274,12 +274,6 @@ def refuse_finished(run_dir: Path) -> None:
             f"{run_dir} is a finished run (its DONE file is there). Give a new --run name; "
             f"to continue from its weights, add --init-from {run_dir.name}."
         )
-
-
-def file_sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def read_manifest(run_dir: Path) -> dict:
