@@ -548,7 +548,7 @@ def run_checks(p: SystemProbe) -> list[Check]:
         checks += device_checks
         if device is not None and device.is_loopback:
             checks.append(check_exclusive_caps(p, device))
-            if p.node_problem(device.path, p.label) is None:  # permissions of a real node only
+            if device_checks[-1].status == "ok":  # a real node (not a plain file, not missing)
                 checks.append(check_permissions(p, device))
         checks.append(check_camera(p, device))
     else:
