@@ -60,6 +60,8 @@ class DetectorConfig:
     min_score: float = _num(0.5, 0.0, 1.0)
     every_n_frames: int = _num(1, 1, 60)
     full_range: bool = True  # BlazeFace: also look for small, distant faces
+    # BlazeFace: a model that sees no face lately looks for newcomers every Nth frame
+    discovery_every_n_frames: int = _num(8, 1, 120)
     threads: int = _num(1, 1, 64)
 
 

@@ -320,6 +320,28 @@ def test_a_close_face_costs_one_short_range_run_per_call() -> None:
     assert short.runs == 12 and full.runs <= 4  # full-range only looks for newcomers
 
 
+@pytest.mark.parametrize("every_n", [4, 8])
+def test_a_newcomer_is_found_within_the_discovery_interval(every_n: int) -> None:
+    """While the short-range model follows a close face, the idle full-range
+    model looks for newcomers once every ``every_n`` calls: a distant face
+    that joins gets its box within that many calls, and no sooner costs more."""
+    detector, short, full = scripted_detector(every_n=every_n)
+    short.sees, full.sees = [BIG], [BIG]
+    run_calls(detector, 24)
+    assert full.runs <= 24 // every_n + 1
+    full.sees = [BIG, SMALL]  # someone joins in the background
+    counts = run_calls(detector, every_n)
+    assert counts[-1] == 2
+    assert counts.index(2) < every_n
+
+
+def test_the_discovery_interval_comes_from_the_config(detector_paths) -> None:
+    short_path, full_path = detector_paths
+    cfg = DetectorConfig(discovery_every_n_frames=6)
+    detector = bf.BlazeFaceDetector.create(cfg, model_path=short_path, full_range_path=full_path)
+    assert detector.discovery_every_n == 6
+
+
 def test_a_distant_face_costs_one_full_range_run_per_call() -> None:
     detector, short, full = scripted_detector(every_n=4)
     full.sees = [SMALL]
