@@ -56,6 +56,8 @@ class SenderHost(Protocol):
 
     def set_readers(self, readers: int | None) -> None: ...
 
+    def request_stop(self) -> None: ...
+
 
 def safe_close(sink: Any) -> None:
     try:
@@ -105,6 +107,12 @@ class Sender:
                         retry_s = min(2 * retry_s, cam.retry_max_s)
                         continue
                 else:
+                    if getattr(sink, "closed_by_user", False):
+                        # --sink preview: the window is the daemon's only output, and
+                        # closing it is how a user ends the run (as with any app window).
+                        log.info("the preview window was closed; stopping")
+                        host.request_stop()
+                        break
                     failed_writes, good_writes = 0, good_writes + 1
                     if good_writes == SINK_HEALTHY_WRITES:
                         retry_s = cam.retry_initial_s

@@ -511,6 +511,22 @@ def test_show_preview_opens_and_closes_a_second_sink(running, recorder, tmp_path
     assert len(shown) == n and recorder.instances[0].count > n  # the camera kept going
 
 
+def test_closing_the_window_of_a_preview_sink_stops_the_daemon(running, tmp_path: Path) -> None:
+    """--sink preview: the window is the only output. Closing it once left the
+    daemon running with the camera on, counting frames nobody saw, and neither
+    "Show preview" nor 'ctl preview on' could bring the window back."""
+    shown: list[np.ndarray] = []
+    events: list[str] = []
+    window = FakePreview(shown, events)
+    eng = running(deps=make_deps(tmp_path, make_sink=lambda cfg: window))
+    wait_for(lambda: len(shown) > 3)
+    assert not eng.shutdown.is_set()
+    window.closed_by_user = True  # what PreviewSink.send sets when the window is gone
+    wait_for(eng.shutdown.is_set, timeout_s=3)
+    wait_for(lambda: events[-1:] == ["close"], timeout_s=3)
+    assert eng.status().sink == "closed"
+
+
 def test_show_preview_works_while_the_virtual_camera_cannot_open(running, tmp_path: Path) -> None:
     """No v4l2loopback yet: the preview is how the user sees EmojiCam work. It
     once stayed closed (the sender waited for the next retry instead)."""
