@@ -25,12 +25,6 @@ log = logging.getLogger(__name__)
 
 Status = Literal["ok", "warn", "fail", "skip"]
 SECURE_BOOT_VAR = "SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
-MODULE_OPTIONS = 'options v4l2loopback devices=1 video_nr=10 card_label="EmojiCam" exclusive_caps=1'
-PERSISTENT_SETUP = (
-    "To load it at every boot:\n"
-    f"      echo '{MODULE_OPTIONS}' | sudo tee /etc/modprobe.d/emojicam.conf\n"
-    "      echo v4l2loopback | sudo tee /etc/modules-load.d/emojicam.conf"
-)
 INSTALL_MODULE = (
     "sudo apt install v4l2loopback-dkms (Fedora: sudo dnf install v4l2loopback; "
     "Arch: sudo pacman -S v4l2loopback-dkms)"
@@ -356,10 +350,6 @@ def check_emoji_folder(folder: Path | None) -> Check:
 # ---------------------------------------------------------------- checks
 
 
-def _modprobe(label: str) -> str:
-    return v4l2.MODPROBE_LINE.replace('"EmojiCam"', f'"{label}"')
-
-
 def _loaded(modules_text: str | None) -> bool | None:
     if modules_text is None:
         return None
@@ -386,7 +376,8 @@ def check_module(p: SystemProbe) -> list[Check]:
                 "v4l2loopback",
                 "fail",
                 "kernel module not installed",
-                f"{INSTALL_MODULE}, then: {_modprobe(p.label)}\n    {PERSISTENT_SETUP}",
+                f"{INSTALL_MODULE}, then: {v4l2.modprobe_line(p.label)}\n"
+                f"    {v4l2.persistent_setup(p.label)}",
             )
         )
     else:
@@ -395,7 +386,7 @@ def check_module(p: SystemProbe) -> list[Check]:
                 "v4l2loopback",
                 "fail",
                 "kernel module not loaded",
-                f"{_modprobe(p.label)}\n    {PERSISTENT_SETUP}",
+                f"{v4l2.modprobe_line(p.label)}\n    {v4l2.persistent_setup(p.label)}",
             )
         )
     if p.secure_boot:
@@ -428,14 +419,15 @@ def check_device(p: SystemProbe) -> tuple[list[Check], v4l2.VideoDevice | None]:
                     "device",
                     "fail",
                     f"sink.device {p.explicit_device} does not exist",
-                    f"set sink.device: null to find the device labelled {p.label!r}, or {_modprobe(p.label)}",
+                    f"set sink.device: null to find the device labelled {p.label!r}, "
+                    f"or {v4l2.modprobe_line(p.label)}",
                 )
             ], None
     else:
         found = v4l2.find_device_by_label(p.label, p.sysfs_root, p.dev_root)
     if found is None:
         others = [d for d in v4l2.list_devices(p.sysfs_root, p.dev_root) if d.is_loopback]
-        fix = _modprobe(p.label)
+        fix = v4l2.modprobe_line(p.label)
         if others:
             fix = f"reload the module with the label: sudo modprobe -r v4l2loopback && {fix}"
         listed = v4l2.describe_devices(p.sysfs_root, p.dev_root)
@@ -465,7 +457,7 @@ def check_exclusive_caps(p: SystemProbe, device: v4l2.VideoDevice) -> Check:
             "warn",
             "cannot read the module's exclusive_caps parameter",
             f"if Chrome or Meet do not list {p.label}, reload: sudo modprobe -r v4l2loopback && "
-            f"{_modprobe(p.label)}",
+            f"{v4l2.modprobe_line(p.label)}",
         )
     values = [v.strip().upper() for v in text.strip().split(",") if v.strip()]
     # The parameter lists one value per device in the order they were created, which is the
@@ -483,7 +475,7 @@ def check_exclusive_caps(p: SystemProbe, device: v4l2.VideoDevice) -> Check:
         "exclusive_caps",
         "fail",
         f"{device.path} has exclusive_caps off: Chrome, Meet and other WebRTC apps will not list it",
-        f"sudo modprobe -r v4l2loopback && {_modprobe(p.label)}",
+        f"sudo modprobe -r v4l2loopback && {v4l2.modprobe_line(p.label)}",
     )
 
 

@@ -30,7 +30,28 @@ SYSFS_ROOT = Path("/sys")
 DEV_ROOT = Path("/dev")
 PROC_ROOT = Path("/proc")
 
-MODPROBE_LINE = 'sudo modprobe v4l2loopback devices=1 video_nr=10 card_label="EmojiCam" exclusive_caps=1'
+
+
+def module_options(label: str) -> str:
+    """The v4l2loopback options EmojiCam needs: one device named ``label``
+    (``sink.name``), at /dev/video10, announcing capture only (Chrome lists a
+    loopback device only with ``exclusive_caps=1``)."""
+    return f'devices=1 video_nr=10 card_label="{label}" exclusive_caps=1'
+
+
+def modprobe_line(label: str) -> str:
+    """The command that loads the module for ``label`` now."""
+    return f"sudo modprobe v4l2loopback {module_options(label)}"
+
+
+def persistent_setup(label: str) -> str:
+    """The commands that load the module for ``label`` at every boot."""
+    return (
+        "To load it at every boot:\n"
+        f"      echo 'options v4l2loopback {module_options(label)}'"
+        " | sudo tee /etc/modprobe.d/emojicam.conf\n"
+        "      echo v4l2loopback | sudo tee /etc/modules-load.d/emojicam.conf"
+    )
 
 
 @dataclass(frozen=True)
@@ -104,7 +125,7 @@ def node_problem(path: Path | str, label: str = "EmojiCam") -> tuple[str, str] |
     (the kernel lists the device, but its node is missing or a plain file),
     else None. A plain file is what a program writing to /dev/videoN leaves
     when the module was not loaded yet; the kernel then cannot create the node."""
-    reload = f"sudo modprobe -r v4l2loopback && {MODPROBE_LINE.replace('EmojiCam', label)}"
+    reload = f"sudo modprobe -r v4l2loopback && {modprobe_line(label)}"
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -123,7 +144,7 @@ def describe_missing(label: str, sysfs_root: Path = SYSFS_ROOT, dev_root: Path =
     """A message for 'no device with this label', listing what exists and the fix."""
     return (
         f"no video device with the label {label!r} (devices: {describe_devices(sysfs_root, dev_root)}). "
-        f"Load the loopback module with: {MODPROBE_LINE.replace('EmojiCam', label)}"
+        f"Load the loopback module with: {modprobe_line(label)}"
         " (run 'emojicam doctor' for details)"
     )
 

@@ -80,6 +80,18 @@ def test_module_not_loaded_gives_modprobe_and_persistent_setup(tmp_path: Path) -
     assert not doctor.all_ok(checks)
 
 
+def test_a_custom_sink_name_is_in_every_command_doctor_gives(tmp_path: Path) -> None:
+    """The boot-time options once kept card_label="EmojiCam" after a modprobe
+    line with the user's sink.name: after a reboot the daemon found no device."""
+    for installed in (True, False):
+        probe = healthy(tmp_path, proc_modules="", module_installed=installed, label="MyCam")
+        fix = by_name(doctor.run_checks(probe))["v4l2loopback"].fix
+        assert 'sudo modprobe v4l2loopback devices=1 video_nr=10 card_label="MyCam" exclusive_caps=1' in fix
+        assert ("echo 'options v4l2loopback devices=1 video_nr=10 card_label=\"MyCam\" exclusive_caps=1' "
+                "| sudo tee /etc/modprobe.d/emojicam.conf") in fix
+        assert "EmojiCam" not in fix.replace("/emojicam.conf", "")
+
+
 def test_module_not_installed(tmp_path: Path) -> None:
     c = by_name(doctor.run_checks(healthy(tmp_path, proc_modules="", module_installed=False)))
     assert "not installed" in c["v4l2loopback"].detail and "v4l2loopback-dkms" in c["v4l2loopback"].fix
