@@ -313,8 +313,7 @@ def check_face_detector(backend: str, model_path: Path | None = None, *, full_ra
 
 
 def check_emoji_folder(folder: Path | None) -> Check:
-    from PIL import Image, UnidentifiedImageError
-
+    from emojicam.emoji import BadArt, emoji_file_name, read_art
     from emojicam.types import Emotion
 
     if folder is None:
@@ -324,26 +323,28 @@ def check_emoji_folder(folder: Path | None) -> Check:
             folder = assets.emoji_dir()
         except FileNotFoundError as exc:
             return Check("emoji", "fail", str(exc), "reinstall EmojiCam with 'pip install .'")
-    problems = []
+    unusable, notes = [], []
     for emotion in Emotion:
-        path = folder / f"{emotion.value}.png"
+        path = folder / emoji_file_name(emotion)
         try:
-            with Image.open(path) as im:
-                im.load()
-                if "A" not in im.getbands() and "transparency" not in im.info:
-                    problems.append(f"{path.name} has no transparency")
-        except FileNotFoundError:
-            problems.append(f"{path.name} is missing")
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
-            problems.append(f"{path.name} is unreadable ({exc})")
-    if problems:
+            _, note = read_art(path)  # the daemon's own check
+        except BadArt as exc:
+            unusable.append(f"{path.name} {exc}")
+        else:
+            if note:
+                notes.append(f"{path.name} {note}")
+    names = ", ".join(emoji_file_name(e) for e in Emotion)
+    if unusable:
         return Check(
             "emoji",
             "fail",
-            f"{folder}: " + "; ".join(problems),
-            f"put RGBA PNGs named {', '.join(e.value + '.png' for e in Emotion)} in {folder}, "
-            "or set emoji.folder: null for the bundled set",
+            f"{folder}: " + "; ".join(unusable + notes) + " (EmojiCam shows the bundled emoji for "
+            "the unusable ones)",
+            f"put RGBA PNGs named {names} in {folder}, or set emoji.folder: null for the bundled set",
         )
+    if notes:
+        return Check("emoji", "warn", f"{folder}: " + "; ".join(notes),
+                     "save the emoji with a transparent background (RGBA PNG)")
     return Check("emoji", "ok", f"7 emoji PNGs in {folder}")
 
 

@@ -174,19 +174,19 @@ class EmojiSet:
         for emotion in Emotion:
             path = folder / emoji_file_name(emotion)
             try:
-                art[emotion], note = _read_art(path)
+                art[emotion], note = read_art(path)
                 if note:
                     problems.append(f"{path.name} {note}")
                 continue
-            except _BadArt as exc:
+            except BadArt as exc:
                 reason = f"{path.name} {exc}"
             fallback = bundled / emoji_file_name(emotion) if bundled is not None else None
             if fallback is not None and fallback != path:
                 try:
-                    art[emotion], _ = _read_art(fallback)
+                    art[emotion], _ = read_art(fallback)
                     problems.append(f"{reason} (using the bundled one)")
                     continue
-                except _BadArt:
+                except BadArt:
                     pass
             art[emotion] = placeholder_art(emotion)
             problems.append(f"{reason} (using a drawn placeholder)")
@@ -298,8 +298,8 @@ def placeholder_art(emotion: Emotion, side_px: int = 256) -> EmojiArt:
 # ---------------------------------------------------------------- internals
 
 
-class _BadArt(Exception):
-    """A PNG that cannot be used (the message says why)."""
+class BadArt(Exception):
+    """A PNG that cannot be used (the message says why, after the file name)."""
 
 
 def _bundled_dir() -> Path | None:
@@ -313,15 +313,17 @@ def _file_names() -> list[str]:
     return [emoji_file_name(e) for e in Emotion]
 
 
-def _read_art(path: Path) -> tuple[EmojiArt, str | None]:
-    """Decode one PNG; returns the art and a note for the user (or None)."""
+def read_art(path: Path) -> tuple[EmojiArt, str | None]:
+    """Decode one PNG; returns the art and a note for the user (or None).
+    Raises ``BadArt`` for a file EmojiCam cannot use (``emojicam doctor``
+    asks this function too, so the two never disagree)."""
     if not path.is_file():
-        raise _BadArt("is missing")
+        raise BadArt("is missing")
     try:
         with Image.open(path) as im:
             w, h = im.size  # known before decoding
             if max(w, h) > MAX_FILE_SIDE_PX:
-                raise _BadArt(
+                raise BadArt(
                     f"is {w}x{h} pixels; emoji art is drawn from at most {MAX_SOURCE_SIDE_PX} px, "
                     f"so save it at {MAX_SOURCE_SIDE_PX} to {MAX_FILE_SIDE_PX} px"
                 )
@@ -335,11 +337,11 @@ def _read_art(path: Path) -> tuple[EmojiArt, str | None]:
                 art = art.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BOX)
             rgba = np.asarray(art)
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
-        raise _BadArt(f"cannot be decoded ({type(exc).__name__}: {exc})") from exc
+        raise BadArt(f"cannot be decoded ({type(exc).__name__}: {exc})") from exc
     if rgba.ndim != 3 or rgba.shape[0] == 0 or rgba.shape[1] == 0:
-        raise _BadArt("is empty")
+        raise BadArt("is empty")
     if not rgba[:, :, 3].any():
-        raise _BadArt("is fully transparent")
+        raise BadArt("is fully transparent")
     premul = _premultiply_rgba8(rgba)
     note = None if has_alpha else "has no alpha channel; it is used as an opaque square"
     return EmojiArt.from_premultiplied(premul, path), note

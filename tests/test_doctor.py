@@ -7,7 +7,9 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from emojicam import commands_daemon, doctor
 from tests.factories import make_rgba_art, make_sysfs_tree, write_png
@@ -235,13 +237,34 @@ def test_emoji_folder_check(tmp_path: Path) -> None:
     for e in Emotion:
         write_png(tmp_path / f"{e.value}.png", make_rgba_art(16))
     assert doctor.check_emoji_folder(tmp_path).status == "ok"
+    write_png(tmp_path / "fear.png", make_rgba_art(16)[:, :, :3])  # no alpha: used as an opaque square
+    check = doctor.check_emoji_folder(tmp_path)
+    assert check.status == "warn" and "fear.png has no alpha channel" in check.detail
     (tmp_path / "sad.png").write_bytes(b"garbage")
-    write_png(tmp_path / "fear.png", make_rgba_art(16)[:, :, :3])  # no alpha
     (tmp_path / "angry.png").unlink()
     check = doctor.check_emoji_folder(tmp_path)
     assert check.status == "fail"
-    assert "angry.png is missing" in check.detail and "sad.png is unreadable" in check.detail
-    assert "fear.png has no transparency" in check.detail
+    assert "angry.png is missing" in check.detail and "sad.png cannot be decoded" in check.detail
+    assert "fear.png has no alpha channel" in check.detail
+
+
+def test_doctor_and_the_emoji_loader_agree_on_what_is_usable(tmp_path: Path, caplog) -> None:
+    """Doctor once failed an opaque PNG the daemon uses, and passed a fully
+    transparent one and one over the size limit, which the daemon replaces."""
+    from emojicam.emoji import MAX_FILE_SIDE_PX, EmojiSet
+    from emojicam.types import Emotion
+
+    for e in Emotion:
+        write_png(tmp_path / f"{e.value}.png", make_rgba_art(16))
+    write_png(tmp_path / "happy.png", np.zeros((16, 16, 4), np.uint8))  # nothing drawn
+    Image.new("RGBA", (MAX_FILE_SIDE_PX + 1, 8)).save(tmp_path / "sad.png")
+    check = doctor.check_emoji_folder(tmp_path)
+    assert check.status == "fail"
+    assert "happy.png is fully transparent" in check.detail and "sad.png is 4097x8 pixels" in check.detail
+    with caplog.at_level("WARNING", logger="emojicam.emoji"):
+        EmojiSet.load(tmp_path)
+    (warning,) = [r.message for r in caplog.records]
+    assert "happy.png is fully transparent" in warning and "sad.png is 4097x8 pixels" in warning
 
 
 def test_emoji_folder_under_home_is_expanded(tmp_path: Path, monkeypatch) -> None:
