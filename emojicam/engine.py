@@ -342,6 +342,8 @@ class Engine:
             self._stop_capture()
         if old.sink != new.sink and dataclasses.replace(old.sink, on_demand=new.sink.on_demand) != new.sink:
             log.warning("sink settings change after a restart (the virtual camera stays open while running)")
+        if old.tray.enabled != new.tray.enabled:
+            log.warning("tray.enabled changes after a restart (use --no-tray to run without the icon)")
         if old.mode != new.mode:
             log.info("mode: %s", new.mode)
 

@@ -118,18 +118,24 @@ def icon_name(status: EngineStatus) -> str:
 
 @lru_cache(maxsize=16)
 def icon_image(name: str, size_px: int = ICON_SIZE_PX, folder: str | None = None) -> Any:
-    """A PIL RGBA image for ``icon_name``: ``emoji_pngs/<name>.png``, or a
-    drawn circle when the file is missing or unreadable."""
+    """A PIL RGBA image for ``icon_name``: ``<name>.png`` from the user's
+    ``emoji.folder`` (``folder``), else the bundled one, else a drawn circle.
+    (Edits to a PNG show in the tray after a restart: the images are cached.)"""
     from PIL import Image, ImageDraw
 
-    try:
-        from emojicam import assets
+    from emojicam import assets
+    from emojicam.emoji import MAX_FILE_SIDE_PX
 
-        path = Path(folder) / f"{name}.png" if folder else assets.emoji_dir() / f"{name}.png"
-        with Image.open(path) as im:
-            return im.convert("RGBA").resize((size_px, size_px), Image.Resampling.LANCZOS)
-    except (OSError, ValueError) as exc:
-        log.debug("icon %s: %s; drawing one", name, exc)
+    folders = [Path(folder).expanduser()] if folder else []
+    with contextlib.suppress(FileNotFoundError):
+        folders.append(assets.emoji_dir())
+    for where in folders:
+        try:
+            with Image.open(where / f"{name}.png") as im:
+                if max(im.size) <= MAX_FILE_SIDE_PX:  # the emoji loader's limit too
+                    return im.convert("RGBA").resize((size_px, size_px), Image.Resampling.LANCZOS)
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            log.debug("icon %s in %s: %s", name, where, exc)
     image = Image.new("RGBA", (size_px, size_px), (0, 0, 0, 0))
     draw = ImageDraw.Draw(image)
     m = size_px // 16
@@ -311,8 +317,8 @@ def _backend_name(pystray: Any) -> str:
 class _IconUpdater:
     """Keeps the icon picture, tooltip and menu in step with the engine."""
 
-    def __init__(self, icon: Any, engine: Any, rate_hz: float, refresh_s: float | None = None) -> None:
-        self.icon, self.engine, self.rate_hz = icon, engine, rate_hz
+    def __init__(self, icon: Any, engine: Any, refresh_s: float | None = None) -> None:
+        self.icon, self.engine = icon, engine
         self.refresh_s = refresh_s
         self._name: str | None = None
         self._icon_set_s = 0.0
@@ -328,7 +334,7 @@ class _IconUpdater:
         # changes only)
         stale = self.refresh_s is not None and now - self._icon_set_s > self.refresh_s
         if name != self._name or stale:
-            self.icon.icon = icon_image(name)
+            self.icon.icon = icon_image(name, folder=self.engine.config.emoji.folder)
             self._name, self._icon_set_s = name, now
         title = (
             f"EmojiCam: {status.state}, mode {status.mode}, {status.faces} face(s), camera {status.camera}"
@@ -344,9 +350,9 @@ class _IconUpdater:
                 self.icon.update_menu()
 
     def run(self) -> None:
-        period_s = 1.0 / max(0.1, self.rate_hz)
         warned = False
-        while not self.engine.shutdown.wait(period_s):
+        # The rate is read every turn: an edit of tray.icon_update_hz applies at once.
+        while not self.engine.shutdown.wait(1.0 / max(0.1, self.engine.config.tray.icon_update_hz)):
             try:
                 self.tick()
             except Exception as exc:  # noqa: BLE001 - the icon must not take the daemon down
@@ -421,7 +427,7 @@ def run_tray(
     try:
         icon = pystray.Icon(
             "emojicam",
-            icon=icon_image(icon_name(engine.status())),
+            icon=icon_image(icon_name(engine.status()), folder=engine.config.emoji.folder),
             title="EmojiCam",
             menu=to_pystray(pystray, engine.status, dispatch),
         )
@@ -443,9 +449,7 @@ def run_tray(
                 log.debug("tray notification failed", exc_info=True)
 
     engine.add_listener(on_event)
-    updater = _IconUpdater(
-        icon, engine, engine.config.tray.icon_update_hz, ICON_REFRESH_S if backend == "xorg" else None
-    )
+    updater = _IconUpdater(icon, engine, ICON_REFRESH_S if backend == "xorg" else None)
 
     returned = threading.Event()
     sigint_handler = (

@@ -244,6 +244,22 @@ def test_hot_reload_and_bad_edit(running, tmp_path: Path, video: Path) -> None:
         assert eng.close() < 2.0
 
 
+def test_settings_that_apply_only_after_a_restart_say_so(tmp_path: Path, video: Path, caplog) -> None:
+    """tray.enabled is read at start: an edit to it was once silently ignored."""
+    config = base_config(str(video))
+    tray_off = dataclasses.replace(config.tray, enabled=not config.tray.enabled)
+    edited = dataclasses.replace(config, tray=tray_off)
+    eng = engine.Engine(config, make_deps(tmp_path), load_config=lambda: edited)
+    eng.start()
+    try:
+        wait_for(lambda: eng.status().frames_processed >= 2)
+        with caplog.at_level("WARNING", logger="emojicam.engine"):
+            eng.reload().result(3)
+        assert any("tray.enabled changes after a restart" in r.getMessage() for r in caplog.records)
+    finally:
+        eng.close()
+
+
 def test_reload_that_fails_to_build_keeps_old_pipeline(running, tmp_path: Path, video: Path) -> None:
     def failing_reconfigure(pipeline, old, new):
         if new.classifier != old.classifier:

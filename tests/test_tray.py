@@ -12,11 +12,12 @@ import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
-from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from emojicam import tray
+from emojicam.config import Config, EmojiConfig, TrayConfig
 from emojicam.status import EngineStatus
 from tests.factories import wait_for
 
@@ -104,12 +105,16 @@ def test_icon_name(changes, name) -> None:
     assert tray.icon_name(status(**changes)) == name
 
 
-def test_icon_images_from_pngs_or_drawn(tmp_path: Path) -> None:
+def test_icon_images_from_pngs_or_drawn(tmp_path: Path, monkeypatch) -> None:
+    from emojicam import assets
+
     tray.icon_image.cache_clear()
-    drawn = tray.icon_image("happy", 32, str(tmp_path))  # empty folder: drawn circle
+    with monkeypatch.context() as m:
+        m.setattr(assets, "emoji_dir", lambda: tmp_path / "not-installed")
+        drawn = tray.icon_image("happy", 32, str(tmp_path))  # no PNG anywhere: drawn circle
+    tray.icon_image.cache_clear()
     assert drawn.size == (32, 32) and drawn.mode == "RGBA"
     assert drawn.getpixel((16, 16))[:3] == (250, 200, 40) and drawn.getpixel((0, 0))[3] == 0
-    from emojicam import assets
 
     if not (assets.emoji_dir() / "happy.png").exists():
         pytest.skip("bundled emoji PNGs not generated yet")
@@ -117,10 +122,48 @@ def test_icon_images_from_pngs_or_drawn(tmp_path: Path) -> None:
     assert real.size == (32, 32) and real.mode == "RGBA" and real.getpixel((16, 16))[3] == 255
 
 
+def test_the_tray_icon_uses_the_users_emoji_folder(tmp_path: Path) -> None:
+    """The icon once always showed the bundled emoji, whatever emoji.folder said."""
+    from emojicam import assets
+    from tests.factories import write_png
+
+    if not (assets.emoji_dir() / "paused.png").exists():
+        pytest.skip("bundled emoji PNGs not generated yet")
+    tray.icon_image.cache_clear()
+    art = np.zeros((40, 40, 4), np.uint8)
+    art[...] = (10, 200, 30, 255)  # a plain green square
+    write_png(tmp_path / "happy.png", art)
+    eng = FakeEngine(status(dominant="happy"))
+    eng.config = Config(emoji=EmojiConfig(folder=str(tmp_path)))
+    icon = RecordingIcon()
+    tray._IconUpdater(icon, eng).tick()
+    assert icon.icons[-1].getpixel((16, 16)) == (10, 200, 30, 255)
+    eng.st = status(state="paused")  # no paused.png in the user's folder: the bundled one
+    tray._IconUpdater(icon, eng).tick()
+    assert icon.icons[-1].tobytes() == tray.icon_image("paused").tobytes()
+
+
+def test_an_edit_of_the_icon_rate_applies_while_running(monkeypatch) -> None:
+    engine = FakeEngine(status())
+    engine.shutdown = threading.Event()
+    waits: list[float] = []
+
+    def wait(timeout: float) -> bool:
+        waits.append(timeout)
+        engine.config = Config(tray=TrayConfig(icon_update_hz=10))  # the user's edit, applied
+        return len(waits) >= 3
+
+    engine.shutdown.wait = wait  # type: ignore[method-assign]
+    monkeypatch.setattr(tray._IconUpdater, "tick", lambda self: None)
+    tray._IconUpdater(RecordingIcon(), engine).run()
+    assert waits == [0.25, 0.1, 0.1]
+
+
 class FakeEngine:
     def __init__(self, st: EngineStatus) -> None:
         self.st = st
         self.calls: list[tuple] = []
+        self.config = Config()
 
     def status(self) -> EngineStatus:
         return self.st
@@ -226,7 +269,7 @@ def test_dummy_icon_accepts_menu_and_image(dummy_pystray) -> None:
         menu=tray.to_pystray(dummy_pystray, eng.status, lambda a: None),
     )
     assert icon.HAS_MENU and len(list(icon.menu)) >= 8
-    updater = tray._IconUpdater(icon, eng, 4.0)
+    updater = tray._IconUpdater(icon, eng)
     updater.tick()  # sets icon, title; update_menu is not implemented by the dummy: tolerated
     assert icon.title.startswith("EmojiCam: running") and updater._name == "happy"
     eng.st = status(state="paused")
@@ -313,7 +356,7 @@ def test_icon_and_tooltip_are_resent_only_with_refresh_s(monkeypatch, refresh_s,
     now = [100.0]
     monkeypatch.setattr(tray.time, "monotonic", lambda: now[0])
     icon = RecordingIcon()
-    updater = tray._IconUpdater(icon, FakeEngine(status()), 4.0, refresh_s)
+    updater = tray._IconUpdater(icon, FakeEngine(status()), refresh_s)
     updater.tick()
     now[0] += 1.0
     updater.tick()  # nothing changed, not yet stale: nothing sent
@@ -347,7 +390,7 @@ def test_the_menu_is_rebuilt_when_a_line_it_shows_changes_and_only_then(change) 
     """The GTK and AppIndicator backends show a new menu only on update_menu();
     the virtual camera's warning line once never appeared (sink was not in the key)."""
     engine, icon = FakeEngine(status()), MenuIcon()
-    updater = tray._IconUpdater(icon, engine, 4.0)
+    updater = tray._IconUpdater(icon, engine)
     updater.tick()
     engine.st = status(frames_processed=999, frames_sent=998)  # not in the menu
     updater.tick()
@@ -371,8 +414,9 @@ def test_a_failing_icon_update_is_logged_once_and_retried(caplog) -> None:
 
     engine = FakeEngine(status())
     engine.shutdown = threading.Event()
+    engine.config = Config(tray=TrayConfig(icon_update_hz=30))
     icon = BrokenIcon()
-    updater = tray._IconUpdater(icon, engine, 200.0)
+    updater = tray._IconUpdater(icon, engine)
     thread = threading.Thread(target=updater.run)
     with caplog.at_level(logging.DEBUG, logger="emojicam"):
         thread.start()
@@ -390,7 +434,6 @@ class RunnableEngine(FakeEngine):
     def __init__(self, st: EngineStatus) -> None:
         super().__init__(st)
         self.shutdown = threading.Event()
-        self.config = SimpleNamespace(tray=SimpleNamespace(icon_update_hz=4.0))
         self.listeners: list = []
 
     def add_listener(self, listener) -> None:
