@@ -33,8 +33,9 @@ def pin_to_cpu(cpu: int | None) -> None:
 
 
 class EmojiCamSide:
-    """The daemon's pipeline (detect, track, classify, smooth, compose) plus the
-    BGR -> RGB conversion the virtual camera needs."""
+    """The daemon's pipeline (detect, track, classify, smooth, compose) plus a
+    full-frame BGR -> RGB conversion, standing in for the conversion to the
+    device's pixel format that pyvirtualcam makes before it writes a frame."""
 
     def __init__(self, mode: str | None = None, config: Path | None = None) -> None:
         sys.path.insert(0, str(ROOT))

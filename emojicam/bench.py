@@ -8,9 +8,12 @@ frames per second it sustains, the CPU milliseconds it spends per frame
 (``time.process_time``, so other processes on the machine do not count), the
 faces per frame and the peak resident memory.
 
-"Pipeline" is everything after capture: detect through output conversion
-(BGR -> RGB, what the virtual camera takes). ``decode`` (reading and
-decoding the source) is shown but not counted, as the camera does it.
+"Pipeline" is everything after capture: detect through output conversion.
+The daemon hands its BGR frame to pyvirtualcam, which converts it to the
+device's pixel format in native code before writing; the "output" stage is a
+full-frame colour conversion (BGR -> RGB) standing in for that one.
+``decode`` (reading and decoding the source) is shown but not counted, as the
+camera does it.
 
 Synthetic frames: face crops found in a source video are pasted in a grid on
 a face-free frame of it, moving a little from frame to frame, and stored as

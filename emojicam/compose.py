@@ -130,10 +130,6 @@ class EmojiCompositor:
                 draw_label(out, r, chart=False)
         return out
 
-    def privacy_cover(self, image_bgr: np.ndarray) -> np.ndarray:
-        """``privacy_cover`` with the configured action."""
-        return privacy_cover(image_bgr, self.privacy_cfg.action)
-
     # ------------------------------------------------------------ modes
 
     def _replace(self, out: np.ndarray, result: FaceResult) -> None:

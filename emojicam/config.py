@@ -209,8 +209,9 @@ def parse_yaml(text: str, source: str = "<config>") -> dict[str, Any]:
 
 def _check_and_merge(into: dict[str, Any], layer: dict[str, Any], source: Path) -> None:
     # Validate each layer on its own so errors name the file they are in.
-    from_dict(_deep_merge(into, layer), source=str(source))
-    into.update(_deep_merge(into, layer))
+    merged = _deep_merge(into, layer)
+    from_dict(merged, source=str(source))
+    into.update(merged)
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -88,8 +88,8 @@ def uses_named_pipe() -> bool:
 
 def runtime_dir() -> Path:
     """``$XDG_RUNTIME_DIR/emojicam`` on Linux; without XDG_RUNTIME_DIR,
-    platformdirs' fallback (``/tmp/runtime-$UID/emojicam``), which
-    ``_ensure_private_dir`` checks is ours."""
+    platformdirs' fallback (``/run/user/$UID/emojicam`` when ``/run/user/$UID``
+    exists, else a folder under the temporary directory), which ``_ensure_private_dir`` checks is ours."""
     import warnings
 
     from emojicam.assets import user_dirs

@@ -145,7 +145,7 @@ class EmojiSet:
         self._cache: OrderedDict[tuple[Emotion, int, float], Sprite] = OrderedDict()
         self._cache_bytes = 0
         self._cache_budget_bytes = cache_budget_bytes
-        self._lock = threading.Lock()  # the tray may ask for icons from another thread
+        self._lock = threading.Lock()  # the sprite cache may be shared by threads (API callers)
 
     # ------------------------------------------------------------ loading
 
@@ -246,7 +246,8 @@ class EmojiSet:
         return Sprite.from_bgra8(out)
 
     def rgba8(self, emotion: Emotion, side_px: int) -> np.ndarray:
-        """Straight RGBA uint8 at ``side_px`` (tray icons, previews)."""
+        """Straight RGBA uint8 at ``side_px``: what ``sprite`` renders, un-premultiplied
+        (tests check the round trip against the PNG)."""
         sprite = self.sprite(emotion, side_px)
         alpha = sprite.alpha.astype(np.float32)
         bgr = sprite.premul_bgr.astype(np.float32) * 255.0 / np.maximum(alpha, 1.0)[:, :, None]

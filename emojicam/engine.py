@@ -340,7 +340,7 @@ class Engine:
         if dataclasses.replace(old.camera, mirror=False) != dataclasses.replace(new.camera, mirror=False):
             log.info("camera settings changed: reopening the camera")
             self._stop_capture()
-        if old.sink != new.sink and dataclasses.replace(old.sink, on_demand=new.sink.on_demand) != new.sink:
+        if dataclasses.replace(old.sink, on_demand=new.sink.on_demand) != new.sink:
             log.warning("sink settings change after a restart (the virtual camera stays open while running)")
         if old.tray.enabled != new.tray.enabled:
             log.warning("tray.enabled changes after a restart (use --no-tray to run without the icon)")
@@ -477,6 +477,8 @@ class Engine:
         try:
             image, results = self._pipeline.process(frame)
         except Exception as exc:  # noqa: BLE001 - no exception may escape a frame
+            # Pipeline.process already turns a failing stage into a covered frame;
+            # this is the last line for what it cannot catch (its own fallback failing).
             key = f"{type(exc).__name__}: {exc}"
             if key not in self._warned:
                 self._warned.add(key)
@@ -484,7 +486,9 @@ class Engine:
                     "frame %d could not be processed (%s); showing it %s",
                     frame.index,
                     key,
-                    "blurred" if cfg.mode == "replace" and cfg.privacy.enabled else "unchanged",
+                    {"blur": "blurred", "blank": "blanked"}[cfg.privacy.action]
+                    if cfg.mode == "replace" and cfg.privacy.enabled
+                    else "unchanged",
                     exc_info=log.isEnabledFor(logging.DEBUG),
                 )
             action = cfg.privacy.action if cfg.privacy.enabled else None

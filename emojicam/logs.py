@@ -1,6 +1,6 @@
 """Logging for the daemon: stderr plus a rotating file in the platform's
 state folder (``~/.local/state/emojicam/log/emojicam.log`` on Linux,
-``~/Library/Application Support/emojicam/log`` on macOS,
+``~/Library/Logs/emojicam`` on macOS,
 ``%LOCALAPPDATA%\\emojicam\\Logs`` on Windows). Only the CLI calls this."""
 
 from __future__ import annotations

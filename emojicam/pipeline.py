@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -77,9 +77,9 @@ class Track:
     track_id: int
     box: FaceBox
     missed_frames: int = 0  # frames since the detector last saw this face
-    age_frames: int = 0
 
 
+@runtime_checkable
 class PrivacyAwareDetector(Protocol):
     """Optional: a detector that can trade speed and false alarms for never
     missing a face (used in replace mode with privacy on)."""
@@ -94,6 +94,7 @@ class Tracker(Protocol):
         ...
 
 
+@runtime_checkable
 class PrivacyAwareTracker(Protocol):
     """Optional: a tracker that keeps a missed face's box where it was rather
     than guess where it went (used in replace mode with privacy on)."""
@@ -101,6 +102,7 @@ class PrivacyAwareTracker(Protocol):
     def set_privacy(self, strict: bool) -> None: ...
 
 
+@runtime_checkable
 class ResizableTracker(Protocol):
     """Optional: a tracker that moves its boxes when the frame size changes."""
 
@@ -113,6 +115,7 @@ class Classifier(Protocol):
         ...
 
 
+@runtime_checkable
 class StatefulStage(Protocol):
     """Optional, for a tracker or smoother: take over the faces another one of
     its kind follows (``reconfigure`` rebuilds the stages)."""
@@ -211,9 +214,8 @@ class Pipeline:
         tracker that can (``rescale``) moves its boxes with the picture, so a
         face the detector misses on the first such frame stays covered."""
         old, self._size_wh = self._size_wh, size_wh
-        rescale = getattr(self.tracker, "rescale", None)
-        if old is not None and old != size_wh and rescale is not None:
-            rescale(size_wh[0] / old[0], size_wh[1] / old[1])
+        if old is not None and old != size_wh and isinstance(self.tracker, ResizableTracker):
+            self.tracker.rescale(size_wh[0] / old[0], size_wh[1] / old[1])
 
     def _due_for_classification(self, tracks: Sequence[Track], frame_no: int) -> list[Track]:
         """The tracks to classify on this frame: each face the detector saw on
@@ -282,12 +284,10 @@ class Pipeline:
         (checked every frame, so any way of changing the mode is honoured)."""
         strict = self.strict_privacy
         if strict != self._stages_strict:
-            detector_hook = getattr(self.detector, "set_privacy", None)
-            if detector_hook is not None:
-                detector_hook(strict, self.privacy_min_score)
-            tracker_hook = getattr(self.tracker, "set_privacy", None)
-            if tracker_hook is not None:
-                tracker_hook(strict)
+            if isinstance(self.detector, PrivacyAwareDetector):
+                self.detector.set_privacy(strict, self.privacy_min_score)
+            if isinstance(self.tracker, PrivacyAwareTracker):
+                self.tracker.set_privacy(strict)
             self._stages_strict = strict
         return strict
 
@@ -345,9 +345,8 @@ def carry_faces(old: Pipeline, new: Pipeline) -> None:
     held after a miss (a face the detector misses on the frame after a config
     edit stays covered), shown emoji and classification schedule."""
     for mine, theirs in ((new.tracker, old.tracker), (new.smoother, old.smoother)):
-        adopt = getattr(mine, "adopt", None)
-        if adopt is not None:
-            adopt(theirs)
+        if isinstance(mine, StatefulStage):
+            mine.adopt(theirs)
     new._frames_seen = old._frames_seen
     new._last_classified = dict(old._last_classified)
     new._size_wh = old._size_wh

@@ -49,6 +49,3 @@ class EngineStatus:
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def summary(self) -> str:
-        camera = self.camera + (f" ({self.camera_detail})" if self.camera_detail else "")
-        return f"{self.state}, mode {self.mode}, {self.fps:.0f} fps, {self.faces} face(s), camera {camera}"

@@ -68,8 +68,7 @@ class IoUTracker:
             if i not in used_t:
                 if timestamp_s - s.last_seen_s > self.cfg.hold_s:
                     continue
-                s.track = replace(s.track, missed_frames=s.track.missed_frames + 1,
-                                  age_frames=s.track.age_frames + 1)
+                s.track = replace(s.track, missed_frames=s.track.missed_frames + 1)
             survivors.append(s)
         for j, b in enumerate(boxes):
             if j not in used_b:
@@ -104,7 +103,7 @@ class IoUTracker:
         used_t.add(i)
         used_b.add(j)
         s = self._tracks[i]
-        s.track = Track(s.track.track_id, boxes[j], 0, s.track.age_frames + 1)
+        s.track = Track(s.track.track_id, boxes[j], 0)
         s.last_seen_s = timestamp_s
 
     def adopt(self, other: object) -> None:

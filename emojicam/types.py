@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -135,10 +135,6 @@ class EmotionScores:
     def uniform(cls) -> EmotionScores:
         return cls(np.full(NUM_EMOTIONS, 1.0 / NUM_EMOTIONS, np.float32))
 
-    @classmethod
-    def from_dict(cls, scores: dict[Emotion, float]) -> EmotionScores:
-        return cls(np.array([scores.get(e, 0.0) for e in Emotion], np.float32))
-
     @property
     def top(self) -> Emotion:
         return list(Emotion)[int(np.argmax(self.probs))]
@@ -159,7 +155,7 @@ class FaceResult:
     """Everything the pipeline knows about one face in one frame.
 
     ``box`` is where the face is (or, when ``missed_frames > 0``, where it was
-    last seen and is predicted to be); ``emotion`` is the smoothed emotion
+    last seen); ``emotion`` is the smoothed emotion
     the compositor shows; ``raw`` the classifier's output for this frame (None
     when the face was not classified this frame).
     """
@@ -170,4 +166,3 @@ class FaceResult:
     smoothed: EmotionScores
     raw: EmotionScores | None = None
     missed_frames: int = 0
-    extra: dict[str, float] = field(default_factory=dict)

@@ -541,9 +541,3 @@ def test_privacy_blur_hides_a_real_face_from_a_face_detector(selfie_mp4):
     finally:
         cap.release()
     assert found > 0, "no face found in the selfie clip to test with"
-
-
-def test_compositor_privacy_cover_uses_the_configured_action(emoji_set):
-    comp = EmojiCompositor.create(EmojiConfig(), PrivacyConfig(action="blank"), emoji_set)
-    out = comp.privacy_cover(make_scene((64, 48)))
-    assert len(np.unique(out)) == 1

@@ -373,7 +373,9 @@ def test_shutdown_under_load_releases_everything(running, recorder, tmp_path: Pa
     assert not [t for t in threading.enumerate() if t.name.startswith("emojicam-") and t.is_alive()]
 
 
-def test_pipeline_error_never_shows_the_raw_face(running, recorder, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("action", "said"), [("blur", "blurred"), ("blank", "blanked")])
+def test_pipeline_error_never_shows_the_raw_face(running, recorder, tmp_path: Path, video: Path,
+                                                 caplog, action: str, said: str) -> None:
     broken = make_fake_pipeline([BOX])
 
     def explode(_frame):
@@ -390,14 +392,20 @@ def test_pipeline_error_never_shows_the_raw_face(running, recorder, tmp_path: Pa
 
     plugged = threading.Event()
     plugged.set()
-    eng = running(
-        deps=make_deps(tmp_path, pipeline=broken, make_source=lambda cfg: StripedCamera(plugged, []))
-    )
-    wait_for(lambda: eng.status().frames_processed >= 3)
-    time.sleep(0.2)
+    config = base_config(str(video))
+    config = dataclasses.replace(config, privacy=dataclasses.replace(config.privacy, action=action))
+    with caplog.at_level("WARNING", logger="emojicam.engine"):
+        eng = running(
+            config,
+            deps=make_deps(tmp_path, pipeline=broken, make_source=lambda cfg: StripedCamera(plugged, [])),
+        )
+        wait_for(lambda: eng.status().frames_processed >= 3)
+        time.sleep(0.2)
     frame = recorder.instances[0].frames[-1]
-    assert float(np.abs(np.diff(frame[:, :, 0].astype(int), axis=0)).mean()) < 20  # blurred, stripes gone
+    assert float(np.abs(np.diff(frame[:, :, 0].astype(int), axis=0)).mean()) < 20  # stripes gone
     assert eng.status().state == "running"
+    (warning,) = [r.getMessage() for r in caplog.records if "could not be processed" in r.getMessage()]
+    assert warning.endswith(f"showing it {said}")
 
 
 def test_virtual_device_missing_at_start_then_appears(running, recorder, tmp_path: Path) -> None:
