@@ -41,6 +41,7 @@ import numpy as np
 
 from emojicam.config import Config
 from emojicam.errors import InputError
+from emojicam.files import open_video
 from emojicam.pipeline import Detector, Pipeline
 from emojicam.types import Frame
 
@@ -113,19 +114,10 @@ def fit_frame(image: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(resized[y0 : y0 + h, x0 : x0 + w])
 
 
-def open_video(path: Path) -> cv2.VideoCapture:
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise InputError(f"{path}: OpenCV cannot read this video")
-    return cap
-
-
-def video_frames(path: Path, size_wh: tuple[int, int]) -> Iterator[tuple[np.ndarray, float]]:
+def looped_video_frames(path: Path, size_wh: tuple[int, int]) -> Iterator[tuple[np.ndarray, float]]:
     """``(frame, decode_s)`` forever, looping the video. ``decode_s`` covers the
     read and the scaling to ``size_wh``."""
-    cap = open_video(path)
+    cap, _ = open_video(path)
     got_any = False
     try:
         while True:
@@ -135,7 +127,7 @@ def video_frames(path: Path, size_wh: tuple[int, int]) -> Iterator[tuple[np.ndar
                 if not got_any:
                     raise InputError(f"{path}: no frames could be decoded")
                 cap.release()
-                cap = open_video(path)
+                cap, _ = open_video(path)
                 continue
             got_any = True
             image = fit_frame(image, size_wh)
@@ -171,7 +163,7 @@ def collect_faces(
     when scaled to ``size_wh`` (the detector is asked three times, so a
     detector that runs its models on a schedule has run them all), to use as
     background."""
-    cap = open_video(path)
+    cap, _ = open_video(path)
     crops: list[np.ndarray] = []
     background = None
     index = 0
@@ -382,7 +374,7 @@ def frame_stream(options: BenchOptions, detector: Detector) -> Iterator[tuple[np
             "../shared/data/video/selfie_outdoor.mp4, exists only beside a checkout)"
         )
     if options.faces is None:
-        return video_frames(Path(source), options.size_wh)
+        return looped_video_frames(Path(source), options.size_wh)
     crops, background = collect_faces(Path(source), detector, options.size_wh, want=max(1, options.faces))
     if background is None:
         background = np.full((options.size_wh[1], options.size_wh[0], 3), 120, np.uint8)

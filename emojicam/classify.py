@@ -64,7 +64,14 @@ class TFLiteClassifier:
     _dynamic_batch: bool = False
 
     @classmethod
-    def create(cls, cfg: ClassifierConfig | None = None, model_path: Path | None = None) -> TFLiteClassifier:
+    def create(
+        cls,
+        cfg: ClassifierConfig | None = None,
+        model_path: Path | None = None,
+        crop_margins: CropMargins | None = None,
+    ) -> TFLiteClassifier:
+        """Load and check the model. ``crop_margins``: how to frame a face box
+        of the detector in use like FER-2013 (``detect.crop_margins_for``)."""
         cfg = cfg or ClassifierConfig()
         path = Path(model_path or cfg.model or default_model_path()).expanduser()
         if not path.is_file():
@@ -87,6 +94,8 @@ class TFLiteClassifier:
                 "models/emotion.tflite or re-export it"
             ) from exc
         self = cls(interp, path)
+        if crop_margins is not None:
+            self.crop_margins = crop_margins
         self._in = interp.get_input_details()[0]
         self._out = interp.get_output_details()[0]
         in_shape = tuple(int(d) for d in self._in["shape"][1:])

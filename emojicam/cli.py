@@ -113,8 +113,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     detector = create_detector(config.detector)
-    classifier = TFLiteClassifier.create(config.classifier)
-    classifier.crop_margins = crop_margins_for(detector)
+    classifier = TFLiteClassifier.create(config.classifier, crop_margins=crop_margins_for(detector))
     for path in args.images:
         image = read_image(path)
         boxes = detector.detect(image)

@@ -179,7 +179,9 @@ def tray_facts() -> TrayFacts:
         import pystray
     except Exception as exc:  # noqa: BLE001 - Xlib raises DisplayNameError, gi raises ValueError...
         return TrayFacts(None, f"{type(exc).__name__}: {exc}", isolated_venv=isolated_venv(), desktop=desktop)
-    backend = str(pystray.Icon.__module__).rsplit(".", 1)[-1].lstrip("_")
+    from emojicam.tray import backend_name
+
+    backend = backend_name(pystray)
     runtime_bus = Path(os.environ.get("XDG_RUNTIME_DIR") or "/nonexistent") / "bus"
     return TrayFacts(
         backend,
@@ -194,13 +196,12 @@ def tray_facts() -> TrayFacts:
 
 def check_tray(facts: TrayFacts) -> Check:
     """Whether the tray can show EmojiCam's icon, and its menu, and if not, how to fix it."""
-    from emojicam.tray import explain_failure, menu_howto
+    from emojicam.tray import GNOME_TRAY_ADVICE, explain_failure, menu_howto
 
     if facts.backend is None:
         return Check("tray", "fail", f"no tray backend ({facts.error})", explain_failure())
     no_tray_fix = (
-        "GNOME shows tray icons only with the AppIndicator extension: install "
-        "gnome-shell-extension-appindicator, enable it, and log in again."
+        GNOME_TRAY_ADVICE
         if "GNOME" in facts.desktop.upper()
         else "Use a desktop or panel with a system tray (notification area)."
     )

@@ -310,8 +310,7 @@ def build_pipeline(config: Config) -> Pipeline:
     from emojicam.track import IoUTracker
 
     detector = create_detector(config.detector)
-    classifier = TFLiteClassifier.create(config.classifier)
-    classifier.crop_margins = crop_margins_for(detector)
+    classifier = TFLiteClassifier.create(config.classifier, crop_margins=crop_margins_for(detector))
     return Pipeline(
         detector=detector,
         tracker=IoUTracker(config.tracker),

@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 ICON_SIZE_PX = 64
 ICON_REFRESH_S = 2.0  # the Xorg backend only (see _IconUpdater.tick)
 GLIB_BACKENDS = ("appindicator", "gtk")  # pystray backends that run a GLib main loop
+GNOME_TRAY_ADVICE = (
+    "GNOME shows tray icons only with the AppIndicator extension: install "
+    "gnome-shell-extension-appindicator, enable it, and log in again."
+)
 LINUX_MENU_PACKAGES = "python3-gi gir1.2-gtk-3.0 gir1.2-ayatanaappindicator3-0.1"
 _MODE_LABELS = {"replace": "Replace face", "decorate": "Decorate", "label": "Label", "off": "Off"}
 _EMOTION_RGB = {
@@ -297,10 +301,7 @@ def explain_failure(
                 "session (or under dbus-run-session)."
             )
         if "GNOME" in desktop.upper():
-            parts.append(
-                "GNOME shows tray icons only with the AppIndicator extension: install "
-                "gnome-shell-extension-appindicator, enable it, and log in again."
-            )
+            parts.append(GNOME_TRAY_ADVICE)
         if backend in (None, "xorg"):
             parts.append(menu_howto())
     if headless:
@@ -310,7 +311,8 @@ def explain_failure(
     return " ".join(parts)
 
 
-def _backend_name(pystray: Any) -> str:
+def backend_name(pystray: Any) -> str:
+    """The backend pystray picked: "xorg", "gtk", "appindicator", "win32", "darwin", "dummy"."""
     return str(pystray.Icon.__module__).rsplit(".", 1)[-1].lstrip("_")
 
 
@@ -422,7 +424,7 @@ def run_tray(
     except Exception as exc:  # noqa: BLE001 - Xlib raises DisplayNameError, gi raises ValueError...
         log.warning("%s", explain_failure(exc))
         return False
-    backend = _backend_name(pystray)
+    backend = backend_name(pystray)
     dispatch = Dispatcher(engine, config_file)
     try:
         icon = pystray.Icon(

@@ -79,18 +79,18 @@ def test_jpeg_frames_decode_in_a_loop() -> None:
 
 def test_video_frames_loop_and_scale(tmp_path: Path) -> None:
     video = write_test_video(tmp_path / "clip.avi", n_frames=4, size_wh=(160, 120))
-    stream = bench.video_frames(video, (320, 180))
+    stream = bench.looped_video_frames(video, (320, 180))
     frames = [next(stream) for _ in range(9)]  # more than the clip holds
     assert all(img.shape == (180, 320, 3) for img, _ in frames)
 
 
 def test_unreadable_video_is_an_input_error(tmp_path: Path) -> None:
     with pytest.raises(bench.InputError, match="no such file"):
-        next(bench.video_frames(tmp_path / "missing.mp4", (320, 240)))
+        next(bench.looped_video_frames(tmp_path / "missing.mp4", (320, 240)))
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"not a video")
     with pytest.raises(bench.InputError):
-        next(bench.video_frames(junk, (320, 240)))
+        next(bench.looped_video_frames(junk, (320, 240)))
 
 
 def test_collect_faces_cuts_square_crops_and_finds_a_background(tmp_path: Path) -> None:

@@ -122,3 +122,19 @@ def test_missing_labels_file(tmp_path):
     labels_path_for(model).unlink()
     with pytest.raises(SetupError, match="labels file missing"):
         TFLiteClassifier.create(model_path=model)
+
+
+def test_the_pipeline_frames_faces_for_the_classifier_as_its_detector_needs() -> None:
+    """BlazeFace boxes are tighter than FER-2013's crops: the classifier of a
+    pipeline built with BlazeFace grows them by that detector's margins."""
+    from emojicam.blazeface import find_blazeface_model
+    from emojicam.config import Config, DetectorConfig
+    from emojicam.pipeline import build_pipeline
+    from emojicam.preprocess import BLAZEFACE_CROP_MARGINS, HAAR_CROP_MARGINS
+
+    haar = build_pipeline(Config(detector=DetectorConfig(backend="haar")))
+    assert haar.classifier.crop_margins == HAAR_CROP_MARGINS
+    if find_blazeface_model() is None:
+        pytest.skip("BlazeFace model not installed (run 'emojicam models install')")
+    blaze = build_pipeline(Config(detector=DetectorConfig(backend="blazeface")))
+    assert blaze.classifier.crop_margins == BLAZEFACE_CROP_MARGINS
