@@ -90,6 +90,10 @@ CROWD_MIN_FACES = 4
 #: Privacy-first detection (replace mode) covers faces from this size, in frame
 #: pixels, whatever ``detector.min_face_px`` says.
 PRIVACY_MIN_FACE_PX = 8
+#: Privacy-first detection: boxes from this score (or ``detector.min_score`` when
+#: lower) are confident; the merging rules were measured with it (finding 12 of
+#: RELIABILITY.md, a face half behind another).
+STRICT_CONFIDENT_SCORE = 0.5
 CROWD_FACE_FRAC = 0.10
 CROWD_SMALL_FACE_FRAC = 0.06
 #: Tile side as a fraction of the frame's longer side (720 px at 1280x720).
@@ -497,7 +501,7 @@ class BlazeFaceDetector:
         short = self._run(self.short_range, image_bgr) if run_short else None
         full = self._run(self.full_range, image_bgr) if run_full else None
         if full is not None and self._strict_min_score is not None and maybe_crowd(full, w, h):
-            full = merge_models(self._run_tiles(self.full_range, image_bgr), full, self.min_score)
+            full = merge_models(self._run_tiles(self.full_range, image_bgr), full, self._confident_score)
         # Fewer faces than last call: one may have left the reach of the model that ran; ask the other.
         if short is None and full is not None and len(full) < self._last_count:
             short = self._run(self.short_range, image_bgr)
@@ -505,7 +509,7 @@ class BlazeFaceDetector:
             full = self._run(self.full_range, image_bgr)
         self._settle(call, short, full)
         first, second = (full, short) if self._full_primary else (short, full)
-        merged = merge_models(first, second, self.min_score)
+        merged = merge_models(first, second, self._confident_score)
         boxes = self._to_boxes(merged, w, h)
         self._last_count = len(boxes)
         return boxes
@@ -531,7 +535,7 @@ class BlazeFaceDetector:
         short-range model when either would do)."""
         if short is not None and full is not None:
             # Doubtful boxes (privacy-first mode) do not decide which model frames the faces.
-            short, full = (_select(d, d.scores >= self.min_score) for d in (short, full))
+            short, full = (_select(d, d.scores >= self._confident_score) for d in (short, full))
             if len(_not_overlapping(full, short)) == 0:  # short-range sees everything
                 self._short.ran(call, len(short) > 0)
                 self._full.ran(call, False, idle=True)
@@ -557,6 +561,18 @@ class BlazeFaceDetector:
         crowd (``CROWD_MIN_FACES``) the full-range model also searches tiles
         of the frame."""
         self._strict_min_score = min(min_score, self.min_score) if strict else None
+
+    @property
+    def _confident_score(self) -> float:
+        """The score from which a box is confident (it frames a face, and two
+        overlapping confident boxes are two faces when their centres lie apart),
+        not doubtful (kept only to cover a face nobody else found). Privacy-first
+        detection keeps it at most ``STRICT_CONFIDENT_SCORE``: a raised
+        ``detector.min_score`` once made the box of a face half behind another
+        doubtful, and that face was merged into the front one and showed."""
+        if self._strict_min_score is None:
+            return self.min_score
+        return min(self.min_score, STRICT_CONFIDENT_SCORE)
 
     def _run(self, model: BlazeFaceModel, image_bgr: np.ndarray, px_scale: float = 1.0) -> Detections:
         """One model on the whole image, suppressed, in the image's pixels;
