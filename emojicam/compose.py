@@ -8,9 +8,11 @@ Modes:
   box's longer side, more when needed (about 1.7x for the bundled round
   faces). It tilts with the head when the detector gives eyes (a disk
   is the same at any angle, so coverage does not depend on the tilt). Before
-  blending, the face box itself is filled with the emoji's own colour, so even
-  art with transparent holes can never let a face pixel through: every pixel
-  of every box ends up a pure function of the emoji, whatever the frame held.
+  blending, the face box itself is filled with the emoji's own colour, so
+  every pixel of every box ends up a pure function of the emoji, whatever the
+  frame held; and art that is not opaque out to ``MASK_OPAQUE_RADIUS_FRAC``
+  of its side (a ring, see-through eyes) is drawn over that colour there
+  (``EmojiArt.mask_bgra``), so no face shows through it beyond the box either.
   With privacy on, a box at the frame's edge is first grown along that edge
   (``grown_at_edges``): the detector frames a face cut by the edge short.
 * ``decorate`` - the face stays visible; an emoji badge sits above the head,
@@ -58,9 +60,6 @@ REPLACE_SHIFT_UP_FRAC = 0.06
 #: of ``benchmarks/face_leak.py``, against 85% nearly in full view. Such a box is grown
 #: by this much along the edge, about its centre (RELIABILITY.md, finding 13).
 EDGE_GROWTH = 1.3
-#: Replace mode: never trust an art's opaque disk to be smaller than this
-#: fraction of its side when sizing (art with holes is covered by the fill).
-MIN_OPAQUE_RADIUS_FRAC = 0.35
 #: Smallest sprite drawn, in pixels.
 MIN_SPRITE_SIDE_PX = 8
 #: Sprite sides are rounded up onto a geometric grid with this ratio, so a
@@ -139,7 +138,7 @@ class EmojiCompositor:
         if self.privacy_cfg.enabled:
             box = grown_at_edges(box, (out.shape[1], out.shape[0]))
         art = self.emoji.art(result.emotion)
-        cx, cy, side = replace_placement(box, art.opaque_radius_frac, self.emoji_cfg.replace_scale)
+        cx, cy, side = replace_placement(box, art.mask_radius_frac, self.emoji_cfg.replace_scale)
         roll = box.roll_deg if self.emoji_cfg.rotate_with_head else 0.0
         side, angle = self._steady_placement(result.track_id, side, roll)
         # Fill under the emoji, on the box only: exact coverage whatever the art.
@@ -149,7 +148,7 @@ class EmojiCompositor:
         # (cv2.rectangle fills ~20x faster than numpy broadcasting a colour.)
         x1, y1 = clipped.x + clipped.w - 1, clipped.y + clipped.h - 1
         cv2.rectangle(out, (clipped.x, clipped.y), (x1, y1), art.fill_bgr, thickness=-1)
-        self._place(out, result.emotion, side, angle, cx, cy)
+        self._place(out, result.emotion, side, angle, cx, cy, mask=True)
 
     def _decorate(self, out: np.ndarray, result: FaceResult) -> None:
         box = result.box
@@ -176,10 +175,10 @@ class EmojiCompositor:
         return new_side, new_angle
 
     def _place(self, out: np.ndarray, emotion: Emotion, side: int, angle: float,
-               cx: float, cy: float) -> None:
+               cx: float, cy: float, mask: bool = False) -> None:
         n = rotated_side_px(side, angle)
         if n <= MAX_CACHED_SIDE_PX:
-            blend_sprite(out, self.emoji.sprite(emotion, side, angle),
+            blend_sprite(out, self.emoji.sprite(emotion, side, angle, mask),
                          round(cx - n / 2.0), round(cy - n / 2.0))
             return
         # Huge (face filling the frame): render just the visible part.
@@ -188,7 +187,7 @@ class EmojiCompositor:
         x1, y1 = min(w_img, math.ceil(cx + n / 2.0)), min(h_img, math.ceil(cy + n / 2.0))
         if x1 > x0 and y1 > y0:
             region = (x0, y0, x1 - x0, y1 - y0)
-            blend_sprite(out, self.emoji.render_region(emotion, side, angle, (cx, cy), region), x0, y0)
+            blend_sprite(out, self.emoji.render_region(emotion, side, angle, (cx, cy), region, mask), x0, y0)
 
 
 # ---------------------------------------------------------------- geometry
@@ -199,15 +198,15 @@ def replace_placement(box: FaceBox, opaque_radius_frac: float,
     """Centre (x, y) and side in pixels of the emoji that masks ``box``.
 
     The side is at least ``replace_scale`` times the longer box side and big
-    enough that the art's opaque disk (``opaque_radius_frac`` of the side)
+    enough that the art's opaque disk (``opaque_radius_frac`` of the side, as
+    ``EmojiArt.mask_radius_frac`` gives it)
     reaches the farthest box corner, with a pixel of slack for the disk's
     anti-aliased rim, rounding of the position and rotation resampling.
     """
     shift = REPLACE_SHIFT_UP_FRAC * box.h
     cx, cy = box.x + box.w / 2.0, box.y + box.h / 2.0 - shift
     reach_px = math.hypot(box.w / 2.0, box.h / 2.0 + shift) + 1.5
-    r_frac = max(opaque_radius_frac, MIN_OPAQUE_RADIUS_FRAC)
-    side = max(replace_scale * max(box.w, box.h), reach_px / r_frac, MIN_SPRITE_SIDE_PX)
+    side = max(replace_scale * max(box.w, box.h), reach_px / opaque_radius_frac, MIN_SPRITE_SIDE_PX)
     return cx, cy, grid_side(side)
 
 

@@ -55,6 +55,11 @@ CACHE_BUDGET_BYTES = 32 * 1024 * 1024
 #: is then made fully opaque (``_seal_disk``), and the fill under the emoji
 #: covers the face box exactly (see compose.py).
 OPAQUE_ALPHA = 0.95
+#: Replace mode sizes an emoji so that a disk of at least this fraction of its
+#: side covers the face. Art that is not opaque that far out (a ring, see-through
+#: eyes, a translucent face) is drawn there over its own fill colour
+#: (``EmojiArt.mask_bgra``): a face must never show through a hole in the mask.
+MASK_OPAQUE_RADIUS_FRAC = 0.35
 
 _PIL_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 
@@ -73,12 +78,20 @@ class EmojiArt:
     opaque square; about 0.45 for the bundled round faces). ``fill_bgr``: the
     art's typical opaque colour, used to fill under it where it must hide a
     face completely. ``source``: the file it came from, None if drawn.
+    ``mask_bgra``: what replace mode draws when the art is not opaque out to
+    ``MASK_OPAQUE_RADIUS_FRAC`` (its centre laid over ``fill_bgr``), else None.
     """
 
     premul_bgra: np.ndarray
     opaque_radius_frac: float
     fill_bgr: tuple[int, int, int]
     source: Path | None
+    mask_bgra: np.ndarray | None = None
+
+    @property
+    def mask_radius_frac(self) -> float:
+        """The opaque disk replace mode can count on (``mask_bgra`` or the art)."""
+        return max(self.opaque_radius_frac, MASK_OPAQUE_RADIUS_FRAC)
 
     @property
     def side_px(self) -> int:
@@ -88,7 +101,9 @@ class EmojiArt:
     def from_premultiplied(cls, premul_bgra: np.ndarray, source: Path | None = None) -> EmojiArt:
         art = _to_square(np.ascontiguousarray(premul_bgra, dtype=np.float32))
         r_frac = _opaque_radius_frac(art)
-        return cls(_seal_disk(art, r_frac), r_frac, _fill_colour(art), source)
+        fill = _fill_colour(art)
+        mask = _over_fill(art, fill) if r_frac < MASK_OPAQUE_RADIUS_FRAC else None
+        return cls(_seal_disk(art, r_frac), r_frac, fill, source, mask)
 
     @classmethod
     def from_rgba8(cls, rgba: np.ndarray, source: Path | None = None) -> EmojiArt:
@@ -142,7 +157,7 @@ class EmojiSet:
             raise ValueError(f"EmojiSet needs art for every emotion; missing {', '.join(missing)}")
         self.folder = folder
         self._art = dict(art)
-        self._cache: OrderedDict[tuple[Emotion, int, float], Sprite] = OrderedDict()
+        self._cache: OrderedDict[tuple[Emotion, int, float, bool], Sprite] = OrderedDict()
         self._cache_bytes = 0
         self._cache_budget_bytes = cache_budget_bytes
         self._lock = threading.Lock()  # the sprite cache may be shared by threads (API callers)
@@ -205,19 +220,28 @@ class EmojiSet:
     def art(self, emotion: Emotion) -> EmojiArt:
         return self._art[emotion]
 
-    def sprite(self, emotion: Emotion, side_px: int, angle_deg: float = 0.0) -> Sprite:
+    def _source(self, emotion: Emotion, mask: bool) -> tuple[np.ndarray, bool]:
+        """The art to draw, and whether it is the mask version (``mask_bgra``)."""
+        art = self._art[emotion]
+        if mask and art.mask_bgra is not None:
+            return art.mask_bgra, True
+        return art.premul_bgra, False
+
+    def sprite(self, emotion: Emotion, side_px: int, angle_deg: float = 0.0, mask: bool = False) -> Sprite:
         """The emoji scaled to ``side_px`` and rotated ``angle_deg`` clockwise
         (as ``FaceBox.roll_deg``) about its centre. A rotated sprite is larger
         than ``side_px`` (it holds the rotated square); its centre is the
-        emoji's centre either way. Cached."""
+        emoji's centre either way. ``mask``: as replace mode draws it (see
+        ``EmojiArt.mask_bgra``). Cached."""
         side_px = max(1, int(side_px))
-        key = (emotion, side_px, quantise_angle(angle_deg))
+        source, masked = self._source(emotion, mask)
+        key = (emotion, side_px, quantise_angle(angle_deg), masked)
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
-        sprite = Sprite.from_bgra8(_transform(self._art[emotion].premul_bgra, side_px, key[2]))
+        sprite = Sprite.from_bgra8(_transform(source, side_px, key[2]))
         if side_px <= MAX_CACHED_SIDE_PX:
             with self._lock:
                 self._cache[key] = sprite
@@ -228,11 +252,12 @@ class EmojiSet:
         return sprite
 
     def render_region(self, emotion: Emotion, side_px: float, angle_deg: float,
-                      center_xy: tuple[float, float], region_xywh: tuple[int, int, int, int]) -> Sprite:
+                      center_xy: tuple[float, float], region_xywh: tuple[int, int, int, int],
+                      mask: bool = False) -> Sprite:
         """Only the part of a (huge) placed emoji inside ``region_xywh`` of
         the frame, in one warp from the source art; not cached. For faces so
         large that a full sprite would waste memory."""
-        art = _to_bgra8(self._art[emotion].premul_bgra)  # uint8: a quarter of float's memory
+        art = _to_bgra8(self._source(emotion, mask)[0])  # uint8: a quarter of float's memory
         rx, ry, rw, rh = region_xywh
         scale = side_px / art.shape[0]
         src_c = (art.shape[1] - 1) / 2.0
@@ -344,8 +369,15 @@ def read_art(path: Path) -> tuple[EmojiArt, str | None]:
     if not rgba[:, :, 3].any():
         raise BadArt("is fully transparent")
     premul = _premultiply_rgba8(rgba)
-    note = None if has_alpha else "has no alpha channel; it is used as an opaque square"
-    return EmojiArt.from_premultiplied(premul, path), note
+    loaded = EmojiArt.from_premultiplied(premul, path)
+    if not has_alpha:
+        note = "has no alpha channel; it is used as an opaque square"
+    elif loaded.mask_bgra is not None:
+        note = ("is transparent near its centre; replace mode fills that part with the emoji's "
+                "own colour, so no face shows through")
+    else:
+        note = None
+    return loaded, note
 
 
 def _premultiply_rgba8(rgba: np.ndarray) -> np.ndarray:
@@ -395,6 +427,20 @@ def _seal_disk(premul: np.ndarray, r_frac: float) -> np.ndarray:
     out = premul.copy()
     out[seal, :3] = np.clip(premul[seal, :3] / alpha[seal, None], 0.0, 1.0)
     out[seal, 3] = 1.0
+    return out
+
+
+def _over_fill(premul: np.ndarray, fill_bgr: tuple[int, int, int]) -> np.ndarray:
+    """``premul`` laid over ``fill_bgr`` inside a disk a pixel wider than
+    ``MASK_OPAQUE_RADIUS_FRAC`` of its side: that disk is then fully opaque."""
+    n = premul.shape[0]
+    yy, xx = np.mgrid[0:n, 0:n]
+    c = n / 2.0
+    inside = np.hypot(xx + 0.5 - c, yy + 0.5 - c) <= MASK_OPAQUE_RADIUS_FRAC * n + 1.0
+    out = premul.copy()
+    under = 1.0 - premul[inside, 3:4]
+    out[inside, :3] = premul[inside, :3] + under * (np.array(fill_bgr, np.float32) / 255.0)
+    out[inside, 3] = 1.0
     return out
 
 
