@@ -337,6 +337,8 @@ class Engine:
             self._note_detector()
         with self._lock:
             self.config = new
+        if old.camera.mirror != new.camera.mirror:
+            self._pipeline.mirror_faces()
         if dataclasses.replace(old.camera, mirror=False) != dataclasses.replace(new.camera, mirror=False):
             log.info("camera settings changed: reopening the camera")
             self._stop_capture()

@@ -109,6 +109,13 @@ class ResizableTracker(Protocol):
     def rescale(self, sx: float, sy: float) -> None: ...
 
 
+@runtime_checkable
+class MirrorableTracker(Protocol):
+    """Optional: a tracker that flips its boxes when the picture is mirrored."""
+
+    def mirror(self, width: int) -> None: ...
+
+
 class Classifier(Protocol):
     def classify(self, image_bgr: np.ndarray, boxes: Sequence[FaceBox]) -> list[EmotionScores]:
         """One ``EmotionScores`` per box, in the same order."""
@@ -216,6 +223,13 @@ class Pipeline:
         old, self._size_wh = self._size_wh, size_wh
         if old is not None and old != size_wh and isinstance(self.tracker, ResizableTracker):
             self.tracker.rescale(size_wh[0] / old[0], size_wh[1] / old[1])
+
+    def mirror_faces(self) -> None:
+        """The frames now come flipped left to right (or no longer): a tracker
+        that can (``mirror``) flips its boxes, so a face the detector misses on
+        the first flipped frame stays covered (finding 16 in RELIABILITY.md)."""
+        if self._size_wh is not None and isinstance(self.tracker, MirrorableTracker):
+            self.tracker.mirror(self._size_wh[0])
 
     def _due_for_classification(self, tracks: Sequence[Track], frame_no: int) -> list[Track]:
         """The tracks to classify on this frame: each face the detector saw on

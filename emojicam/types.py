@@ -107,6 +107,17 @@ class FaceBox:
 
         return FaceBox(x0, y0, x1 - x0, y1 - y0, self.score, eye(self.left_eye_xy), eye(self.right_eye_xy))
 
+    def mirrored(self, width: int) -> FaceBox:
+        """This box in the image flipped left to right (``width`` px wide). The
+        eye labels swap, as a detector would label the flipped picture (the
+        "left" eye on the image's right), so a rolled emoji tilts the other way."""
+
+        def eye(xy: tuple[float, float] | None) -> tuple[float, float] | None:
+            return None if xy is None else (width - xy[0], xy[1])
+
+        return FaceBox(width - self.x - self.w, self.y, self.w, self.h, self.score,
+                       eye(self.right_eye_xy), eye(self.left_eye_xy))
+
     def clipped(self, size_wh: tuple[int, int]) -> FaceBox | None:
         """This box clipped to an image, or None if nothing is left."""
         w_img, h_img = size_wh

@@ -408,6 +408,26 @@ def test_pipeline_error_never_shows_the_raw_face(running, recorder, tmp_path: Pa
     assert warning.endswith(f"showing it {said}")
 
 
+def test_a_face_held_through_a_miss_stays_covered_when_mirror_is_turned_on(running, recorder,
+                                                                          tmp_path: Path) -> None:
+    """Finding 16: "Mirror" flips the picture; the tracker's held boxes once
+    stayed where the face had been, so a face the detector missed on the
+    frame of the click showed whole."""
+    left = make_box(20, 60, 100, 100)  # mirrored: x 200
+    right = make_box(SIZE_WH[0] - 20 - 100, 60, 100, 100)
+    pipeline = make_fake_pipeline([left])
+    eng = running(deps=make_deps(tmp_path, pipeline=pipeline))
+    wait_for(lambda: len(recorder.instances) == 1 and recorder.instances[0].count > 3)
+    assert abs(box_mean(recorder.instances[0].frames[-1], left) - BACKGROUND) > 40
+    pipeline.detector.boxes = []  # the detector misses the face from now on; the tracker holds it
+    eng.set_mirror(True).result(2)
+    sent = recorder.instances[0].count
+    wait_for(lambda: recorder.instances[0].count > sent + 2)
+    frame = recorder.instances[0].frames[-1]
+    assert abs(box_mean(frame, right) - BACKGROUND) > 40  # the held emoji moved with the face
+    assert abs(box_mean(frame, left) - BACKGROUND) < 8
+
+
 def test_virtual_device_missing_at_start_then_appears(running, recorder, tmp_path: Path) -> None:
     sysfs = make_sysfs_tree(tmp_path / "sys2", [(0, "Integrated Camera", False)])
 

@@ -94,3 +94,17 @@ def test_distance_match_needs_similar_size_and_nearness():
     tracker.update([make_box(x=100, w=100, h=100)], 0.0)
     tiny = tracker.update([make_box(x=230, w=30, h=30)], 0.033)  # other size: another face
     assert sorted((t.track_id, t.missed_frames) for t in tiny) == [(1, 1), (2, 0)]
+
+
+def test_privacy_holds_a_missed_face_for_some_frames_however_slow_they_come() -> None:
+    """hold_s is in seconds: at 1 frame a second a 0.5 s hold once covered no
+    missed frame at all, and a face the detector lost for a frame showed."""
+    from emojicam.track import PRIVACY_MIN_HOLD_FRAMES
+
+    box = make_box(100, 100, 80, 80)
+    for strict, held in ((False, 0), (True, PRIVACY_MIN_HOLD_FRAMES)):
+        tracker = IoUTracker(TrackerConfig(hold_s=0.5))
+        tracker.set_privacy(strict)
+        tracker.update([box], 0.0)
+        shown = [len(tracker.update([], float(t))) for t in range(1, 8)]  # one frame a second, all missed
+        assert shown == [1] * held + [0] * (7 - held), (strict, shown)

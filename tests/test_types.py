@@ -46,3 +46,13 @@ def test_roll_from_eyes():
     assert level.roll_deg == pytest.approx(0.0)
     tilted = FaceBox(0, 0, 100, 100, left_eye_xy=(70, 50), right_eye_xy=(30, 30))
     assert tilted.roll_deg == pytest.approx(np.degrees(np.arctan2(20, 40)))
+
+
+def test_a_mirrored_box_keeps_its_size_and_its_eyes_follow_the_flip() -> None:
+    box = FaceBox(20, 30, 100, 80, 0.9, left_eye_xy=(90.0, 60.0), right_eye_xy=(50.0, 70.0))
+    flipped = box.mirrored(320)
+    assert flipped.xywh == (200, 30, 100, 80) and flipped.score == 0.9
+    # Labels follow the image, as a detector gives them on the flipped picture (the
+    # "left" eye on the image's right): the eye flipped to the right is now "left".
+    assert flipped.left_eye_xy == (270.0, 70.0) and flipped.right_eye_xy == (230.0, 60.0)
+    assert flipped.mirrored(320) == box
