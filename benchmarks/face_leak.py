@@ -81,14 +81,15 @@ class ReferenceDetector:
         models = []
         try:
             from emojicam import blazeface as bf
+            from emojicam import blazeface_model as bfm
 
             for find, geometry, margin in (
-                (bf.find_blazeface_model, bf.SHORT_RANGE_GEOMETRY, bf.SHORT_RANGE_MARGIN),
-                (bf.find_full_range_model, bf.FULL_RANGE_GEOMETRY, 0.0),
+                (bf.find_blazeface_model, bfm.SHORT_RANGE_GEOMETRY, bfm.SHORT_RANGE_MARGIN),
+                (bf.find_full_range_model, bfm.FULL_RANGE_GEOMETRY, 0.0),
             ):
                 path = find()
                 if path is not None:
-                    models.append(bf.BlazeFaceModel.load(Path(path), geometry, 1, margin))
+                    models.append(bfm.BlazeFaceModel.load(Path(path), geometry, 1, margin))
         except ImportError:
             pass
         haar = None
@@ -103,18 +104,18 @@ class ReferenceDetector:
         return (["blazeface"] if self.blazeface else []) + (["haar"] if self.haar is not None else [])
 
     def detect(self, image_bgr: np.ndarray) -> list[tuple[str, FaceBox]]:
-        from emojicam import blazeface as bf
+        from emojicam import blazeface_model as bfm
 
         found: list[tuple[str, FaceBox]] = []
         h, w = image_bgr.shape[:2]
         parts = []
         for model in self.blazeface:
             dets, lb = model.run(image_bgr, self.min_score)
-            dets = bf.weighted_nms(dets)
+            dets = bfm.weighted_nms(dets)
             side = model.geometry.input_side
             boxes = lb.to_full(dets.boxes_xyxy.reshape(-1, 2, 2), side).reshape(-1, 4)
-            parts.append(bf.Detections(boxes, dets.keypoints_xy, dets.scores))
-        merged = bf.weighted_nms(bf.Detections.concat(parts)) if parts else None
+            parts.append(bfm.Detections(boxes, dets.keypoints_xy, dets.scores))
+        merged = bfm.weighted_nms(bfm.Detections.concat(parts)) if parts else None
         if merged is not None:
             for (x0, y0, x1, y1), score in zip(merged.boxes_xyxy, merged.scores, strict=False):
                 box = FaceBox(

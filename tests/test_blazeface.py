@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from emojicam import blazeface as bf
+from emojicam import blazeface_model as bfm
+from emojicam import face_merge as fm
 from emojicam import models_install
 from emojicam.config import DetectorConfig
 from emojicam.errors import SetupError
@@ -24,7 +26,7 @@ TRUTH_CSV = Path(__file__).resolve().parents[1] / "benchmarks" / "selfie_faces.c
 
 
 def test_short_range_has_896_anchors_in_two_grids() -> None:
-    anchors = bf.generate_anchors(bf.SHORT_RANGE_GEOMETRY)
+    anchors = bfm.generate_anchors(bfm.SHORT_RANGE_GEOMETRY)
     assert anchors.shape == (896, 2)
     # 16x16 grid (stride 8), two anchors per cell, then 8x8 (stride 16), six per cell
     np.testing.assert_allclose(anchors[0], anchors[1])
@@ -36,7 +38,7 @@ def test_short_range_has_896_anchors_in_two_grids() -> None:
 
 
 def test_full_range_has_2304_anchors_one_per_cell() -> None:
-    anchors = bf.generate_anchors(bf.FULL_RANGE_GEOMETRY)
+    anchors = bfm.generate_anchors(bfm.FULL_RANGE_GEOMETRY)
     assert anchors.shape == (2304, 2)
     np.testing.assert_allclose(anchors[1], [1.5 / 48, 0.5 / 48])
     assert anchors.min() > 0 and anchors.max() < 1
@@ -53,30 +55,30 @@ def raw_outputs(n: int, hits: dict[int, tuple[float, list[float]]]) -> tuple[np.
 
 
 def test_decode_places_box_and_keypoints_relative_to_the_anchor() -> None:
-    anchors = bf.generate_anchors(bf.SHORT_RANGE_GEOMETRY)
+    anchors = bfm.generate_anchors(bfm.SHORT_RANGE_GEOMETRY)
     k = 600  # an anchor of the 8x8 grid
     ax, ay = anchors[k]
     values = [4, -2, 32, 40] + [-8, -6, 8, -6, 0, 2, 0, 10, -14, -4, 14, -4]  # input pixels
     raw_boxes, raw_scores = raw_outputs(896, {k: (2.0, values)})
-    dets = bf.decode(raw_boxes, raw_scores, anchors, 128, min_score=0.5)
+    dets = bfm.decode(raw_boxes, raw_scores, anchors, 128, min_score=0.5)
     assert len(dets) == 1
     cx, cy = ax + 4 / 128, ay - 2 / 128
     np.testing.assert_allclose(
         dets.boxes_xyxy[0], [cx - 16 / 128, cy - 20 / 128, cx + 16 / 128, cy + 20 / 128], atol=1e-6
     )
-    np.testing.assert_allclose(dets.keypoints_xy[0, bf.RIGHT_EYE], [ax - 8 / 128, ay - 6 / 128], atol=1e-6)
-    np.testing.assert_allclose(dets.keypoints_xy[0, bf.LEFT_EYE], [ax + 8 / 128, ay - 6 / 128], atol=1e-6)
+    np.testing.assert_allclose(dets.keypoints_xy[0, bfm.RIGHT_EYE], [ax - 8 / 128, ay - 6 / 128], atol=1e-6)
+    np.testing.assert_allclose(dets.keypoints_xy[0, bfm.LEFT_EYE], [ax + 8 / 128, ay - 6 / 128], atol=1e-6)
     assert dets.scores[0] == pytest.approx(1 / (1 + math.exp(-2.0)))
 
 
 def test_decode_reframes_boxes_but_not_keypoints() -> None:
-    anchors = bf.generate_anchors(bf.FULL_RANGE_GEOMETRY)
+    anchors = bfm.generate_anchors(bfm.FULL_RANGE_GEOMETRY)
     k = 1000
     ax, ay = anchors[k]
     values = [0, 0, 40, 40] + [-8, -6, 8, -6, 0, 2, 0, 10, -14, -4, 14, -4]
     raw_boxes, raw_scores = raw_outputs(2304, {k: (2.0, values)})
-    plain = bf.decode(raw_boxes, raw_scores, anchors, 192, 0.5)
-    framed = bf.decode(raw_boxes, raw_scores, anchors, 192, 0.5, box_scale=0.5, box_shift_y=0.25)
+    plain = bfm.decode(raw_boxes, raw_scores, anchors, 192, 0.5)
+    framed = bfm.decode(raw_boxes, raw_scores, anchors, 192, 0.5, box_scale=0.5, box_shift_y=0.25)
     side = 40 / 192 * 0.5
     cy = ay + 0.25 * side  # the centre moves down by a quarter of the new side
     np.testing.assert_allclose(
@@ -86,24 +88,24 @@ def test_decode_reframes_boxes_but_not_keypoints() -> None:
 
 
 def test_decode_drops_low_scores_and_survives_extreme_logits() -> None:
-    anchors = bf.generate_anchors(bf.SHORT_RANGE_GEOMETRY)
+    anchors = bfm.generate_anchors(bfm.SHORT_RANGE_GEOMETRY)
     raw_boxes, raw_scores = raw_outputs(896, {3: (0.1, [0] * 16), 4: (-0.1, [0] * 16), 5: (1e9, [0] * 16)})
     raw_scores[7] = -1e9
     with np.errstate(over="raise", invalid="raise", divide="raise"):
-        dets = bf.decode(raw_boxes, raw_scores, anchors, 128, min_score=0.5)
+        dets = bfm.decode(raw_boxes, raw_scores, anchors, 128, min_score=0.5)
     assert len(dets) == 2  # anchors 3 and 5; 4 scores 0.475
     assert dets.scores.max() == pytest.approx(1.0)
 
 
-def dets_of(boxes: list[list[float]], scores: list[float]) -> bf.Detections:
+def dets_of(boxes: list[list[float]], scores: list[float]) -> bfm.Detections:
     b = np.array(boxes, np.float32)
-    kps = np.repeat(b[:, None, :2], bf.NUM_KEYPOINTS, axis=1)  # keypoints at the top-left corner
-    return bf.Detections(b, kps, np.array(scores, np.float32))
+    kps = np.repeat(b[:, None, :2], bfm.NUM_KEYPOINTS, axis=1)  # keypoints at the top-left corner
+    return bfm.Detections(b, kps, np.array(scores, np.float32))
 
 
 def test_weighted_nms_averages_a_cluster_and_keeps_separate_faces() -> None:
     dets = dets_of([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], [0.6, 0.9, 0.7])
-    out = bf.weighted_nms(dets)
+    out = bfm.weighted_nms(dets)
     assert len(out) == 2
     np.testing.assert_allclose(out.scores, [0.9, 0.7])
     w = np.array([0.9, 0.6]) / 1.5
@@ -115,14 +117,14 @@ def test_weighted_nms_averages_a_cluster_and_keeps_separate_faces() -> None:
 
 
 def test_weighted_nms_of_boxes_scored_zero_is_their_mean_not_nan() -> None:
-    out = bf.weighted_nms(dets_of([[10, 10, 50, 50], [12, 12, 52, 52]], [0.0, 0.0]))
+    out = bfm.weighted_nms(dets_of([[10, 10, 50, 50], [12, 12, 52, 52]], [0.0, 0.0]))
     assert np.allclose(out.boxes_xyxy, [[11, 11, 51, 51]])
 
 
 def test_weighted_nms_keeps_boxes_that_barely_overlap() -> None:
-    out = bf.weighted_nms(dets_of([[0, 0, 10, 10], [7, 0, 17, 10]], [0.9, 0.8]))  # IoU 3/17
+    out = bfm.weighted_nms(dets_of([[0, 0, 10, 10], [7, 0, 17, 10]], [0.9, 0.8]))  # IoU 3/17
     assert len(out) == 2
-    assert len(bf.weighted_nms(bf.Detections.empty())) == 0
+    assert len(bfm.weighted_nms(bfm.Detections.empty())) == 0
 
 
 # ---------------------------------------------------------------- letterbox mapping (fake interpreter)
@@ -145,11 +147,11 @@ class FakeInterpreter:
         return self.outputs[index]
 
 
-def fake_model(hits: dict[int, tuple[float, list[float]]], margin_frac: float = 0.0) -> bf.BlazeFaceModel:
+def fake_model(hits: dict[int, tuple[float, list[float]]], margin_frac: float = 0.0) -> bfm.BlazeFaceModel:
     boxes, scores = raw_outputs(896, hits)
-    anchors = bf.generate_anchors(bf.SHORT_RANGE_GEOMETRY)
-    return bf.BlazeFaceModel(
-        FakeInterpreter(boxes, scores), bf.SHORT_RANGE_GEOMETRY, anchors, 0, 1, 2, margin_frac
+    anchors = bfm.generate_anchors(bfm.SHORT_RANGE_GEOMETRY)
+    return bfm.BlazeFaceModel(
+        FakeInterpreter(boxes, scores), bfm.SHORT_RANGE_GEOMETRY, anchors, 0, 1, 2, margin_frac
     )
 
 
@@ -164,7 +166,7 @@ def centre_hit(
 
 
 def test_detections_map_back_to_full_resolution_through_the_letterbox() -> None:
-    anchors = bf.generate_anchors(bf.SHORT_RANGE_GEOMETRY)
+    anchors = bfm.generate_anchors(bfm.SHORT_RANGE_GEOMETRY)
     # 1280x720 -> 128x72 at scale 0.1, 28 px bars above and below; input centre = frame centre
     model = fake_model(centre_hit(anchors, 700, (64.0, 64.0), 25.6))
     detector = bf.BlazeFaceDetector(model, None, min_score=0.5, min_face_px=32)
@@ -181,7 +183,7 @@ def test_detections_map_back_to_full_resolution_through_the_letterbox() -> None:
 
 
 def test_margin_shrinks_the_frame_into_the_middle_of_the_input() -> None:
-    anchors = bf.generate_anchors(bf.SHORT_RANGE_GEOMETRY)
+    anchors = bfm.generate_anchors(bfm.SHORT_RANGE_GEOMETRY)
     model = fake_model(centre_hit(anchors, 700, (64.0, 64.0), 25.6), margin_frac=0.1)
     detector = bf.BlazeFaceDetector(model, None, min_score=0.5, min_face_px=32)
     (box,) = detector.detect(make_image((1280, 720)))
@@ -207,7 +209,7 @@ def test_the_letterbox_maps_the_image_corners_back_exactly(size_wh: tuple[int, i
 
 
 def test_small_boxes_are_dropped_and_boxes_are_clipped_to_the_frame() -> None:
-    anchors = bf.generate_anchors(bf.SHORT_RANGE_GEOMETRY)
+    anchors = bfm.generate_anchors(bfm.SHORT_RANGE_GEOMETRY)
     hits = {**centre_hit(anchors, 700, (64.0, 64.0), 2.0), **centre_hit(anchors, 100, (4.0, 40.0), 20.0)}
     detector = bf.BlazeFaceDetector(fake_model(hits), None, min_score=0.5, min_face_px=32)
     (box,) = detector.detect(make_image((1280, 720)))  # the 20 px face is gone
@@ -231,7 +233,7 @@ def test_merge_keeps_one_box_per_face_and_prefers_confident_boxes() -> None:
         ],
         [0.7, 0.6, 0.35, 0.4, 0.31],
     )
-    merged = bf.merge_models(first, second, min_score=0.5)
+    merged = fm.merge_models(first, second, min_score=0.5)
     np.testing.assert_allclose(
         merged.boxes_xyxy, [[0, 0, 100, 100], [300, 0, 400, 100], [600, 0, 700, 100], [900, 0, 960, 60]]
     )
@@ -241,9 +243,9 @@ def test_merge_keeps_one_box_per_face_and_prefers_confident_boxes() -> None:
 def test_a_doubtful_box_never_replaces_a_confident_one() -> None:
     first = dets_of([[0, 0, 200, 200]], [0.35])  # the framing model is only unsure of this face
     second = dets_of([[20, 20, 170, 170]], [0.85])  # the other is sure of it
-    merged = bf.merge_models(first, second, min_score=0.5)
+    merged = fm.merge_models(first, second, min_score=0.5)
     np.testing.assert_allclose(merged.boxes_xyxy, [[20, 20, 170, 170]])
-    assert len(bf.merge_models(None, None, 0.5)) == 0
+    assert len(fm.merge_models(None, None, 0.5)) == 0
 
 
 def test_a_confident_fragment_inside_a_doubtful_face_box_grows_to_cover_the_face() -> None:
@@ -252,12 +254,12 @@ def test_a_confident_fragment_inside_a_doubtful_face_box_grows_to_cover_the_face
     face box was dropped as a duplicate of the patch, and 49% of the face showed."""
     face = dets_of([[277, 212, 385, 321]], [0.31])
     cheek = dets_of([[323, 235, 371, 283]], [0.59])
-    merged = bf.merge_models(face, cheek, min_score=0.5)
+    merged = fm.merge_models(face, cheek, min_score=0.5)
     np.testing.assert_allclose(merged.boxes_xyxy, [[277, 212, 385, 321]])
     np.testing.assert_allclose(merged.scores, [0.59])  # the fragment's box, grown
     # a doubtful loose box about twice a confident one stays the same face, as before
     loose = dets_of([[300, 220, 380, 300]], [0.31])  # 6,400 px against the cheek's 2,304
-    merged = bf.merge_models(loose, cheek, min_score=0.5)
+    merged = fm.merge_models(loose, cheek, min_score=0.5)
     np.testing.assert_allclose(merged.boxes_xyxy, [[323, 235, 371, 283]])
 
 
@@ -267,8 +269,8 @@ def test_a_face_half_behind_another_keeps_its_own_box() -> None:
     # (IoU 0.67) is still one face.
     first = dets_of([[0, 0, 100, 100]], [0.9])
     second = dets_of([[50, 0, 150, 100], [20, 0, 120, 100]], [0.7, 0.8])
-    assert bf._iou_one_to_many(first.boxes_xyxy[0], second.boxes_xyxy[:1])[0] > bf.NMS_IOU
-    merged = bf.merge_models(first, second, min_score=0.5)
+    assert bfm.iou_one_to_many(first.boxes_xyxy[0], second.boxes_xyxy[:1])[0] > bfm.NMS_IOU
+    merged = fm.merge_models(first, second, min_score=0.5)
     np.testing.assert_allclose(merged.boxes_xyxy, [[0, 0, 100, 100], [50, 0, 150, 100]])
 
 
@@ -279,23 +281,23 @@ class ScriptedModel:
     """Stands in for a ``BlazeFaceModel``: returns the faces (pixel boxes) it
     is told to see, and counts its runs."""
 
-    def __init__(self, geometry: bf.ModelGeometry) -> None:
+    def __init__(self, geometry: bfm.ModelGeometry) -> None:
         self.geometry = geometry
         self.sees: list[tuple[float, float, float, float]] = []
         self.scores: list[float] | None = None  # None: 0.9 for every face
         self.runs = 0
 
-    def run(self, image_bgr: np.ndarray, min_score: float) -> tuple[bf.Detections, bf.Letterbox]:
+    def run(self, image_bgr: np.ndarray, min_score: float) -> tuple[bfm.Detections, bfm.Letterbox]:
         self.runs += 1
         side = self.geometry.input_side
         if not self.sees:
-            return bf.Detections.empty(), bf.Letterbox((1.0, 1.0), (0.0, 0.0))
+            return bfm.Detections.empty(), bfm.Letterbox((1.0, 1.0), (0.0, 0.0))
         scores = self.scores if self.scores is not None else [0.9] * len(self.sees)
         keep = [i for i, score in enumerate(scores) if score >= min_score]
         boxes = [[v / side for v in self.sees[i]] for i in keep]
         if not boxes:
-            return bf.Detections.empty(), bf.Letterbox((1.0, 1.0), (0.0, 0.0))
-        return dets_of(boxes, [scores[i] for i in keep]), bf.Letterbox((1.0, 1.0), (0.0, 0.0))
+            return bfm.Detections.empty(), bfm.Letterbox((1.0, 1.0), (0.0, 0.0))
+        return dets_of(boxes, [scores[i] for i in keep]), bfm.Letterbox((1.0, 1.0), (0.0, 0.0))
 
 
 BIG = (100.0, 100.0, 400.0, 400.0)
@@ -303,7 +305,7 @@ SMALL = (800.0, 100.0, 860.0, 160.0)
 
 
 def scripted_detector(every_n: int = 4) -> tuple[bf.BlazeFaceDetector, ScriptedModel, ScriptedModel]:
-    short, full = ScriptedModel(bf.SHORT_RANGE_GEOMETRY), ScriptedModel(bf.FULL_RANGE_GEOMETRY)
+    short, full = ScriptedModel(bfm.SHORT_RANGE_GEOMETRY), ScriptedModel(bfm.FULL_RANGE_GEOMETRY)
     detector = bf.BlazeFaceDetector(short, full, discovery_every_n=every_n)  # type: ignore[arg-type]
     return detector, short, full
 
@@ -420,12 +422,12 @@ class SquaresModel(ScriptedModel):
     tile's edge gives a box cut there, as a real face would."""
 
     def __init__(self, min_input_px: float = 10.0) -> None:
-        super().__init__(bf.FULL_RANGE_GEOMETRY)
+        super().__init__(bfm.FULL_RANGE_GEOMETRY)
         self.min_input_px = min_input_px
         self.tile_runs = 0
         self.frame_shape: tuple[int, ...] | None = None
 
-    def run(self, image_bgr: np.ndarray, min_score: float) -> tuple[bf.Detections, bf.Letterbox]:
+    def run(self, image_bgr: np.ndarray, min_score: float) -> tuple[bfm.Detections, bfm.Letterbox]:
         if self.frame_shape is None:
             self.frame_shape = image_bgr.shape
         self.tile_runs += image_bgr.shape != self.frame_shape
@@ -448,7 +450,7 @@ def squares_frame(faces: list[tuple[float, float, float, float]]) -> np.ndarray:
 
 
 def crowd_detector(short_sees=()) -> tuple[bf.BlazeFaceDetector, SquaresModel]:
-    short = ScriptedModel(bf.SHORT_RANGE_GEOMETRY)
+    short = ScriptedModel(bfm.SHORT_RANGE_GEOMETRY)
     short.sees = list(short_sees)
     full = SquaresModel()
     return bf.BlazeFaceDetector(short, full), full  # type: ignore[arg-type]
@@ -511,7 +513,7 @@ def test_no_tiles_for_a_close_face_a_small_group_big_faces_or_outside_privacy_mo
 
 
 def test_without_the_full_range_model_short_range_runs_every_call() -> None:
-    short = ScriptedModel(bf.SHORT_RANGE_GEOMETRY)
+    short = ScriptedModel(bfm.SHORT_RANGE_GEOMETRY)
     detector = bf.BlazeFaceDetector(short, None)  # type: ignore[arg-type]
     assert run_calls(detector, 5) == [0] * 5 and short.runs == 5
 
@@ -560,7 +562,7 @@ def labelled_frames() -> tuple[dict[int, np.ndarray], dict[int, tuple[int, int]]
 
 def test_wrong_model_for_the_geometry_is_rejected(detector_paths) -> None:
     with pytest.raises(SetupError, match="expected a float32 1x192x192x3 input"):
-        bf.BlazeFaceModel.load(detector_paths[0], bf.FULL_RANGE_GEOMETRY)
+        bfm.BlazeFaceModel.load(detector_paths[0], bfm.FULL_RANGE_GEOMETRY)
 
 
 def test_finds_faces_in_hand_labelled_frames_far_more_often_than_haar(
@@ -607,19 +609,19 @@ def test_both_models_frame_the_same_face_alike(detector_paths, labelled_frames) 
     if detector_paths[1] is None:
         pytest.skip("full-range BlazeFace model not installed")
     frames, _ = labelled_frames
-    short = bf.BlazeFaceModel.load(detector_paths[0], bf.SHORT_RANGE_GEOMETRY, 1, bf.SHORT_RANGE_MARGIN)
-    full = bf.BlazeFaceModel.load(detector_paths[1], bf.FULL_RANGE_GEOMETRY)
+    short = bfm.BlazeFaceModel.load(detector_paths[0], bfm.SHORT_RANGE_GEOMETRY, 1, bfm.SHORT_RANGE_MARGIN)
+    full = bfm.BlazeFaceModel.load(detector_paths[1], bfm.FULL_RANGE_GEOMETRY)
 
-    def boxes(model: bf.BlazeFaceModel, image: np.ndarray) -> np.ndarray:
+    def boxes(model: bfm.BlazeFaceModel, image: np.ndarray) -> np.ndarray:
         dets, lb = model.run(image, 0.5)
-        dets = bf.weighted_nms(dets)
+        dets = bfm.weighted_nms(dets)
         return lb.to_full(dets.boxes_xyxy.reshape(-1, 2, 2), model.geometry.input_side).reshape(-1, 4)
 
     side_ratio, dy = [], []
     for image in frames.values():
         full_boxes = boxes(full, image)
         for s in boxes(short, image):
-            iou = bf._iou_one_to_many(s, full_boxes) if len(full_boxes) else np.zeros(0)
+            iou = bfm.iou_one_to_many(s, full_boxes) if len(full_boxes) else np.zeros(0)
             if len(iou) and iou.max() >= 0.5:
                 f = full_boxes[int(iou.argmax())]
                 side_ratio.append((f[2] - f[0]) / (s[2] - s[0]))
