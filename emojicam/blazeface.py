@@ -203,7 +203,7 @@ class BlazeFaceDetector:
                     "full-range BlazeFace model not installed, so faces narrower than about "
                     "an eighth of the frame will be missed; run 'emojicam models install'"
                 )
-        return cls(short, full, cfg.min_score, cfg.min_face_px, cfg.discovery_every_n_frames)
+        return cls(short, full, cfg.min_score, cfg.min_face_px, max(1, cfg.discovery_every_n_frames))
 
     def detect(self, image_bgr: np.ndarray) -> list[FaceBox]:
         if image_bgr.size == 0:

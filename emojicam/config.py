@@ -106,8 +106,9 @@ class PrivacyConfig:
 class SinkConfig:
     kind: Literal["virtual", "preview", "null"] = "virtual"
     # v4l2loopback card label / Unity Capture device name. At most 31 bytes: v4l2loopback keeps
-    # only that many of card_label, and a longer name would never be found.
-    name: str = field(default="EmojiCam", metadata={"max_bytes": 31})
+    # only that many of card_label, and a longer name would never be found. No quotes, $, `
+    # or \: the name goes into the modprobe lines doctor and the error messages print.
+    name: str = field(default="EmojiCam", metadata={"max_bytes": 31, "plain_name": True})
     backend: Literal["auto", "v4l2loopback", "unitycapture", "obs"] = "auto"
     device: str | None = None  # explicit /dev/videoN; None: look it up by name
     fps: float = _num(30.0, 1, 120)
@@ -303,6 +304,8 @@ def _coerce(hint: Any, value: Any, meta: Any, source: str, name: str) -> Any:
         max_bytes = meta.get("max_bytes")
         if max_bytes is not None and len(value.encode("utf-8")) > max_bytes:
             raise bad(f"a name of at most {max_bytes} bytes (the device keeps only that many)")
+        if meta.get("plain_name") and any(c in "\"'`$\\" or not c.isprintable() for c in value):
+            raise bad("a name without quotes, $, ` or \\ (it goes into shell commands)")
         return value
     raise TypeError(f"config field {name} has unsupported type {hint}")  # programming error
 

@@ -314,7 +314,8 @@ def check_face_detector(backend: str, model_path: Path | None = None, *, full_ra
 
 
 def check_emoji_folder(folder: Path | None) -> Check:
-    from emojicam.emoji import BadArt, emoji_file_name, read_art
+    from emojicam.emoji import BadArt, check_folder, emoji_file_name, read_art
+    from emojicam.errors import SetupError
     from emojicam.types import Emotion
 
     if folder is None:
@@ -324,16 +325,22 @@ def check_emoji_folder(folder: Path | None) -> Check:
             folder = assets.emoji_dir()
         except FileNotFoundError as exc:
             return Check("emoji", "fail", str(exc), "reinstall EmojiCam with 'pip install .'")
-    unusable, notes = [], []
+    try:
+        folder = check_folder(folder)  # the daemon's own checks, here and for each file
+    except SetupError as exc:
+        return Check("emoji", "fail", str(exc), "set emoji.folder: null to use the bundled emoji")
+    unusable, notes, filled = [], [], []
     for emotion in Emotion:
         path = folder / emoji_file_name(emotion)
         try:
-            _, note = read_art(path)  # the daemon's own check
+            art, note = read_art(path)
         except BadArt as exc:
             unusable.append(f"{path.name} {exc}")
         else:
             if note:
                 notes.append(f"{path.name} {note}")
+            if art.mask_bgra is not None:
+                filled.append(path.name)
     names = ", ".join(emoji_file_name(e) for e in Emotion)
     if unusable:
         return Check(
@@ -346,6 +353,9 @@ def check_emoji_folder(folder: Path | None) -> Check:
     if notes:
         return Check("emoji", "warn", f"{folder}: " + "; ".join(notes),
                      "save the emoji with a transparent background (RGBA PNG)")
+    if filled:
+        return Check("emoji", "ok", f"7 emoji PNGs in {folder} ({', '.join(filled)}: transparent near "
+                     "the centre, drawn over their own colour there in replace mode)")
     return Check("emoji", "ok", f"7 emoji PNGs in {folder}")
 
 

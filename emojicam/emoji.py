@@ -15,10 +15,11 @@ folder (None: the bundled ``emoji_pngs/``). Rules for a user's folder:
   transparent square, large art is reduced to ``MAX_SOURCE_SIDE_PX`` at load.
 
 Art is kept as premultiplied BGRA float32 (colour times alpha), so scaling and
-rotating never produce dark fringes. ``sprite(emotion, side_px, angle_deg)``
+rotating never produce dark fringes. ``sprite(emotion, side_px, angle_deg, mask)``
 returns a cached, blend-ready ``Sprite`` (premultiplied BGR and inverse alpha
 as uint8, what ``cv2.multiply``/``cv2.add`` need), keyed by
-(emotion, side, angle rounded to ``ANGLE_STEP_DEG``).
+(emotion, side, angle rounded to ``ANGLE_STEP_DEG``, whether it is the
+replace-mode mask of art with a see-through centre: ``EmojiArt.mask_bgra``).
 """
 
 from __future__ import annotations
@@ -177,21 +178,18 @@ class EmojiSet:
                     "with 'pip install .' from a complete checkout, or set emoji.folder to your own PNGs"
                 )
             folder = bundled
-        folder = Path(folder).expanduser()
-        if not folder.is_dir():
-            what = "is not a folder" if folder.exists() else "does not exist"
-            raise SetupError(
-                f"emoji folder {folder} {what}; create it with {', '.join(_file_names())} "
-                "or set emoji.folder: null in your config to use the bundled emoji"
-            )
+        folder = check_folder(folder)
         art: dict[Emotion, EmojiArt] = {}
         problems: list[str] = []
+        filled: list[str] = []
         for emotion in Emotion:
             path = folder / emoji_file_name(emotion)
             try:
                 art[emotion], note = read_art(path)
                 if note:
                     problems.append(f"{path.name} {note}")
+                if art[emotion].mask_bgra is not None:
+                    filled.append(path.name)
                 continue
             except BadArt as exc:
                 reason = f"{path.name} {exc}"
@@ -208,6 +206,11 @@ class EmojiSet:
         if problems:
             log.warning("emoji folder %s: %s. Fix or replace these files; names are %s",
                         folder, "; ".join(problems), ", ".join(_file_names()))
+        if filled:
+            log.info("emoji folder %s: %s %s transparent near the centre; replace mode draws %s over "
+                     "%s own colour there, so no face shows through", folder, ", ".join(filled),
+                     "is" if len(filled) == 1 else "are", "it" if len(filled) == 1 else "them",
+                     "its" if len(filled) == 1 else "their")
         return cls(art, folder)
 
     @classmethod
@@ -328,6 +331,19 @@ class BadArt(Exception):
     """A PNG that cannot be used (the message says why, after the file name)."""
 
 
+def check_folder(folder: Path | str) -> Path:
+    """``folder`` (``~`` expanded) when it is a folder; else ``SetupError``
+    saying what to do (``emojicam doctor`` asks this too)."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise SetupError(
+            f"emoji folder {folder} {what}; create it with {', '.join(_file_names())} "
+            "or set emoji.folder: null in your config to use the bundled emoji"
+        )
+    return folder
+
+
 def _bundled_dir() -> Path | None:
     try:
         return assets.emoji_dir()
@@ -369,15 +385,8 @@ def read_art(path: Path) -> tuple[EmojiArt, str | None]:
     if not rgba[:, :, 3].any():
         raise BadArt("is fully transparent")
     premul = _premultiply_rgba8(rgba)
-    loaded = EmojiArt.from_premultiplied(premul, path)
-    if not has_alpha:
-        note = "has no alpha channel; it is used as an opaque square"
-    elif loaded.mask_bgra is not None:
-        note = ("is transparent near its centre; replace mode fills that part with the emoji's "
-                "own colour, so no face shows through")
-    else:
-        note = None
-    return loaded, note
+    note = None if has_alpha else "has no alpha channel; it is used as an opaque square"
+    return EmojiArt.from_premultiplied(premul, path), note
 
 
 def _premultiply_rgba8(rgba: np.ndarray) -> np.ndarray:

@@ -12,6 +12,8 @@ In replace mode with privacy on (``set_privacy``) there is no second pass: a
 face the detector misses on the frame another face appears near it would
 otherwise hand its held box to the newcomer and show. A quick swing then
 leaves a held box behind for ``hold_s`` instead, which only covers background.
+There a missed face is also held for at least ``PRIVACY_MIN_HOLD_FRAMES``
+frames when frames come slowly (within ``PRIVACY_MAX_HOLD_S``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ MIN_SIZE_RATIO = 0.6
 # clip of benchmarks/face_leak.py a face leaving the picture is covered by its
 # held box alone for 4 frames; at 5 fps the 0.5 s hold once covered 2 of them.
 PRIVACY_MIN_HOLD_FRAMES = 4
+# ...but never longer than this: after a pause (mode off, nobody watching, paused)
+# the faces of minutes ago are gone, not missed.
+PRIVACY_MAX_HOLD_S = 3.0
 
 
 @dataclass
@@ -74,8 +79,9 @@ class IoUTracker:
         survivors = []
         for i, s in enumerate(self._tracks):
             if i not in used_t:
-                expired = timestamp_s - s.last_seen_s > self.cfg.hold_s
-                if expired and s.track.missed_frames >= self._min_hold_frames:
+                gap_s = timestamp_s - s.last_seen_s
+                held_by_frames = s.track.missed_frames < self._min_hold_frames and gap_s <= PRIVACY_MAX_HOLD_S
+                if gap_s > self.cfg.hold_s and not held_by_frames:
                     continue
                 s.track = replace(s.track, missed_frames=s.track.missed_frames + 1)
             survivors.append(s)

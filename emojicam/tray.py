@@ -123,23 +123,29 @@ def icon_name(status: EngineStatus) -> str:
 @lru_cache(maxsize=16)
 def icon_image(name: str, size_px: int = ICON_SIZE_PX, folder: str | None = None) -> Any:
     """A PIL RGBA image for ``icon_name``: ``<name>.png`` from the user's
-    ``emoji.folder`` (``folder``), else the bundled one, else a drawn circle.
-    (Edits to a PNG show in the tray after a restart: the images are cached.)"""
+    ``emoji.folder`` (``folder``) when the emoji loader accepts it, else the
+    bundled one, else a drawn circle. (Edits to a PNG show in the tray after a
+    restart: the images are cached.)"""
     from PIL import Image, ImageDraw
 
     from emojicam import assets
-    from emojicam.emoji import MAX_FILE_SIDE_PX
+    from emojicam.emoji import BadArt, read_art
 
-    folders = [Path(folder).expanduser()] if folder else []
+    candidates = [Path(folder).expanduser() / f"{name}.png"] if folder else []
     with contextlib.suppress(FileNotFoundError):
-        folders.append(assets.emoji_dir())
-    for where in folders:
+        candidates.append(assets.emoji_dir() / f"{name}.png")
+    for path in candidates:
         try:
-            with Image.open(where / f"{name}.png") as im:
-                if max(im.size) <= MAX_FILE_SIDE_PX:  # the emoji loader's limit too
-                    return im.convert("RGBA").resize((size_px, size_px), Image.Resampling.LANCZOS)
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            log.debug("icon %s in %s: %s", name, where, exc)
+            read_art(path)  # what the video would refuse (fully transparent, too large...), the tray does too
+            with Image.open(path) as im:
+                art = im.convert("RGBA")
+        except (BadArt, OSError, ValueError) as exc:
+            log.debug("icon %s from %s: %s", name, path, exc)
+            continue
+        side = max(art.size)  # centred on a square, as the emoji loader does
+        square = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+        square.paste(art, ((side - art.width) // 2, (side - art.height) // 2))
+        return square.resize((size_px, size_px), Image.Resampling.LANCZOS)
     image = Image.new("RGBA", (size_px, size_px), (0, 0, 0, 0))
     draw = ImageDraw.Draw(image)
     m = size_px // 16

@@ -89,6 +89,9 @@ def test_config_is_frozen():
         # v4l2loopback keeps 31 bytes of card_label: the longer name would never be found
         ({"sink": {"name": "EmojiCam virtual camera (meetings)"}},
          "f.yaml: sink.name: expected a name of at most 31 bytes (the device keeps only that many)"),
+        # the name goes into the modprobe lines doctor prints: "Bob's Cam" broke the shell line
+        ({"sink": {"name": "Bob's Cam"}},
+         "f.yaml: sink.name: expected a name without quotes, $, ` or \\ (it goes into shell commands)"),
         ({"detector": {"min_score": float("nan")}}, "f.yaml: detector.min_score: expected a number"),
         # at 0 every anchor counts: a frame full of emoji at 2 fps
         ({"privacy": {"min_score": 0}}, "f.yaml: privacy.min_score: expected a number from 0.05 to 1, got 0"),

@@ -267,6 +267,20 @@ def test_doctor_and_the_emoji_loader_agree_on_what_is_usable(tmp_path: Path, cap
     assert "happy.png is fully transparent" in warning and "sad.png is 4097x8 pixels" in warning
 
 
+def test_emoji_art_with_a_see_through_centre_is_fine_and_a_missing_folder_is_not(tmp_path: Path) -> None:
+    """Ring art is drawn over its own colour in replace mode: doctor once told the
+    user to fix it. A folder that does not exist stops the daemon: doctor once
+    said the bundled emoji would be shown instead."""
+    from emojicam.types import Emotion
+
+    for e in Emotion:
+        write_png(tmp_path / f"{e.value}.png", make_rgba_art(64, radius_frac=0.48, hole_frac=0.40))
+    check = doctor.check_emoji_folder(tmp_path)
+    assert check.status == "ok" and "drawn over their own colour" in check.detail
+    missing = doctor.check_emoji_folder(tmp_path / "nope")
+    assert missing.status == "fail" and "does not exist" in missing.detail
+
+
 def test_emoji_folder_under_home_is_expanded(tmp_path: Path, monkeypatch) -> None:
     import dataclasses
 

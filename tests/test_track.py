@@ -106,5 +106,14 @@ def test_privacy_holds_a_missed_face_for_some_frames_however_slow_they_come() ->
         tracker = IoUTracker(TrackerConfig(hold_s=0.5))
         tracker.set_privacy(strict)
         tracker.update([box], 0.0)
-        shown = [len(tracker.update([], float(t))) for t in range(1, 8)]  # one frame a second, all missed
+        shown = [len(tracker.update([], t * 0.7)) for t in range(1, 8)]  # 1.4 fps, all missed
         assert shown == [1] * held + [0] * (7 - held), (strict, shown)
+
+
+def test_after_a_pause_the_faces_of_before_are_not_held() -> None:
+    """The frame minimum once kept boxes from minutes before a pause (mode off,
+    nobody watching) on the first frames after it."""
+    tracker = IoUTracker(TrackerConfig(hold_s=0.5))
+    tracker.set_privacy(True)
+    tracker.update([make_box(100, 100, 80, 80)], 0.0)
+    assert tracker.update([], 600.0) == []

@@ -141,6 +141,9 @@ def test_the_tray_icon_uses_the_users_emoji_folder(tmp_path: Path) -> None:
     eng.st = status(state="paused")  # no paused.png in the user's folder: the bundled one
     tray._IconUpdater(icon, eng).tick()
     assert icon.icons[-1].tobytes() == tray.icon_image("paused").tobytes()
+    # A PNG the video refuses (nothing drawn) is refused in the tray too: the bundled one.
+    write_png(tmp_path / "sad.png", np.zeros((40, 40, 4), np.uint8))
+    assert tray.icon_image("sad", folder=str(tmp_path)).tobytes() == tray.icon_image("sad").tobytes()
 
 
 def test_an_edit_of_the_icon_rate_applies_while_running(monkeypatch) -> None:
