@@ -288,16 +288,22 @@ class ControlServer:
                 "platform_server() picks the named pipe there"
             )
         _ensure_private_dir(self.path.parent)
-        if self.path.exists() or self.path.is_symlink():
-            self.path.unlink()  # stale, from a daemon that was killed
-        server = _Server(str(self.path), self._handler)
+        # Bound and listening under a temporary name, then renamed into place: the
+        # socket file appears only once it answers (a client that saw it during
+        # startup was once refused, and told EmojiCam was not running).
+        staging = self.path.with_name(self.path.name + ".new")
+        for leftover in (self.path, staging):  # stale, from a daemon that was killed
+            if leftover.exists() or leftover.is_symlink():
+                leftover.unlink()
+        server = _Server(str(staging), self._handler)
         old_umask = os.umask(0o177)
         try:
             server.server_bind()
         finally:
             os.umask(old_umask)
-        os.chmod(self.path, 0o600)
+        os.chmod(staging, 0o600)
         server.server_activate()
+        os.replace(staging, self.path)
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="emojicam-control", daemon=True

@@ -256,6 +256,29 @@ def test_stale_socket_file_is_replaced(tmp_path: Path) -> None:
 
 
 @unix_only
+def test_the_socket_file_appears_only_once_it_answers(tmp_path: Path, monkeypatch) -> None:
+    """The file once existed between bind and listen: a client that saw it
+    during startup was refused and told EmojiCam was not running."""
+    path = tmp_path / "c.sock"
+    seen_before_listening: list[bool] = []
+    activate = control._Server.server_activate
+
+    def watched_activate(self) -> None:
+        seen_before_listening.append(path.exists())
+        activate(self)
+
+    monkeypatch.setattr(control._Server, "server_activate", watched_activate)
+    srv = control.ControlServer(lambda r: {"ok": True}, path)
+    srv.start()
+    try:
+        assert seen_before_listening == [False]
+        assert control.send_request({"cmd": "status"}, path)["ok"] is True
+        assert path.stat().st_mode & 0o777 == 0o600 and not path.with_name("c.sock.new").exists()
+    finally:
+        srv.stop()
+
+
+@unix_only
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_PEERCRED is Linux")
 def test_peer_uid_is_read(tmp_path: Path) -> None:
     import os

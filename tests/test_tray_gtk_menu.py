@@ -248,7 +248,14 @@ class Daemon:
         wait_for(lambda: not open_menus(self.display), timeout_s=5, poll_s=0.05)  # the last one closed
         self.click_icon(3, status)
         try:
-            wait_for(lambda: len(open_menus(self.display)) == 1, timeout_s=10, poll_s=0.05)
+            try:
+                wait_for(lambda: len(open_menus(self.display)) == 1, timeout_s=5, poll_s=0.05)
+            except AssertionError:
+                # Under load a right click just after a menu closed is sometimes lost (the
+                # AppIndicator backend, once in CI beside a training run, with a
+                # Gdk-CRITICAL about toplevel updates); a user clicks again, and so do we.
+                self.click_icon(3, status)
+                wait_for(lambda: len(open_menus(self.display)) == 1, timeout_s=10, poll_s=0.05)
         except AssertionError:
             grab(self.display).save(self.log_file.with_suffix(".png"))
             tree = subprocess.run(
