@@ -69,11 +69,59 @@ def video_frames(cap: cv2.VideoCapture, fps: float) -> Iterator[Frame]:
         index += 1
 
 
+def check_output(src: Path, dst: Path) -> None:
+    """Refuse an output that would lose something: the input itself under any
+    name (a hard link, another letter case on a case-insensitive disk) or a folder."""
+    if dst.is_dir():
+        raise InputError(f"{dst}: is a folder; give a file name for the output")
+    if dst.exists() and src.exists() and os.path.samefile(src, dst):
+        raise InputError(f"{dst}: this is the input; write the output to another file")
+
+
+def _part_file(dst: Path) -> Path:
+    """Where ``dst`` is written before it is moved onto ``dst`` (same extension:
+    same format)."""
+    return dst.with_name(f".{dst.stem}.emojicam-part{dst.suffix}")
+
+
+def _move_into_place(part: Path, dst: Path) -> None:
+    try:
+        os.replace(part, dst)
+    except OSError as exc:
+        part.unlink(missing_ok=True)
+        raise InputError(f"{dst}: cannot write it ({exc.strerror}); nothing was changed") from exc
+
+
 def process_image(pipeline: Pipeline, src: Path, dst: Path) -> list[FaceResult]:
+    """Process one image. Written beside ``dst`` first and moved onto it when
+    complete, so a failed run leaves ``dst`` as it was."""
+    check_output(src, dst)
     image, results = pipeline.process(Frame(read_image(src)))
-    if not cv2.imwrite(str(dst), image):
-        raise InputError(f"{dst}: cannot write an image here (check the folder and the extension)")
+    part = _part_file(dst)
+    try:
+        ok = cv2.imwrite(str(part), image)
+    except cv2.error:  # an extension OpenCV has no writer for
+        ok = False
+    if not ok or cv2.imread(str(part), cv2.IMREAD_UNCHANGED) is None:  # e.g. the disk is full
+        part.unlink(missing_ok=True)
+        raise InputError(f"{dst}: cannot write an image here (check the folder, the extension and "
+                         "free space)")
+    _move_into_place(part, dst)
     return results
+
+
+def _is_complete_video(path: Path, frames: int) -> bool:
+    """Whether ``path`` opens as a video whose last frame (``frames - 1``)
+    decodes (``VideoWriter`` does not report failed writes, e.g. a full disk)."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            return False
+        cap.set(cv2.CAP_PROP_POS_FRAMES, max(0, frames - 1))
+        ok, _ = cap.read()
+        return bool(ok)
+    finally:
+        cap.release()
 
 
 def process_video(pipeline: Pipeline, src: Path, dst: Path, progress: bool = True) -> int:
@@ -83,14 +131,13 @@ def process_video(pipeline: Pipeline, src: Path, dst: Path, progress: bool = Tru
 
     The video is written to a temporary file beside ``dst`` and moved onto it
     only when complete: an interrupted or failed run leaves ``dst`` as it was."""
-    if dst.exists() and src.exists() and os.path.samefile(src, dst):
-        raise InputError(f"{dst}: this is the input video; write the output to another file")
+    check_output(src, dst)
     cap, info = open_video(src)
     fourcc = _FOURCC.get(dst.suffix.lower())
     if fourcc is None:
         cap.release()
         raise InputError(f"{dst}: unsupported video extension; use one of {', '.join(sorted(_FOURCC))}")
-    part = dst.with_name(f".{dst.stem}.emojicam-part{dst.suffix}")  # same extension: same container
+    part = _part_file(dst)
     writer = cv2.VideoWriter(str(part), cv2.VideoWriter.fourcc(*fourcc), info.fps, info.size_wh)
     if not writer.isOpened():
         cap.release()
@@ -112,10 +159,16 @@ def process_video(pipeline: Pipeline, src: Path, dst: Path, progress: bool = Tru
     finally:
         cap.release()
         writer.release()
-        if done:
-            os.replace(part, dst)
-        else:
+        if not done:
             part.unlink(missing_ok=True)
     if written == 0:
         raise InputError(f"{src}: no frame could be read, so nothing was written (is the file complete?)")
+    if not _is_complete_video(part, written):
+        part.unlink(missing_ok=True)
+        raise InputError(f"{dst}: the video could not be written whole (is the disk full?); "
+                         "nothing was changed")
+    _move_into_place(part, dst)
+    if written < info.frame_count - max(2, info.frame_count // 50):  # (some containers estimate the count)
+        log.warning("%s: only %d of its %d frames could be decoded (is the file complete?); "
+                    "%s holds those %d", src, written, info.frame_count, dst, written)
     return written

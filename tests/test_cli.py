@@ -166,7 +166,7 @@ def test_process_refuses_to_write_over_its_input_video(tmp_path):
     src = write_test_video(tmp_path / "clip.avi", n_frames=10)
     before = src.read_bytes()
     out = run_cli("process", str(src), "-o", str(tmp_path / "." / "clip.avi"), "--mode", "off", cwd=tmp_path)
-    assert out.returncode != 0 and "this is the input video" in out.stderr, out.stderr
+    assert out.returncode != 0 and "this is the input" in out.stderr, out.stderr
     assert src.read_bytes() == before  # untouched
 
 
@@ -181,7 +181,7 @@ def test_process_refuses_a_second_name_for_its_input_video(tmp_path):
     before = src.read_bytes()
     other = tmp_path / "same.avi"
     os.link(src, other)
-    with pytest.raises(InputError, match="this is the input video"):
+    with pytest.raises(InputError, match="this is the input"):
         files.process_video(make_fake_pipeline(), src, other, progress=False)
     assert src.read_bytes() == before
 
@@ -228,6 +228,76 @@ def test_process_of_a_video_that_yields_no_frame_is_an_error(tmp_path, monkeypat
     with pytest.raises(InputError, match="no frame could be read"):
         files.process_video(make_fake_pipeline(), src, dst, progress=False)
     assert not dst.exists()
+
+
+def test_process_never_writes_an_image_over_its_input_or_into_a_folder(tmp_path):
+    """An image given as its own output was overwritten with the emoji version;
+    a folder as the output of a video failed only after the whole video, with a
+    traceback and a part file left behind."""
+    import cv2
+
+    from emojicam import files
+    from emojicam.errors import InputError
+    from tests.factories import make_fake_pipeline, make_image, write_test_video
+
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), make_image((64, 48)))
+    before = photo.read_bytes()
+    with pytest.raises(InputError, match="this is the input"):
+        files.process_image(make_fake_pipeline(), photo, tmp_path / "." / "photo.png")
+    assert photo.read_bytes() == before
+    folder = tmp_path / "out.avi"
+    folder.mkdir()
+    with pytest.raises(InputError, match="is a folder"):
+        files.process_video(make_fake_pipeline(), write_test_video(tmp_path / "c.avi", n_frames=5), folder,
+                            progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.avi", "out.avi", "photo.png"]
+
+
+def test_a_video_that_could_not_be_written_whole_keeps_the_old_output(tmp_path, monkeypatch):
+    """VideoWriter does not report a failed write (a full disk): the unplayable
+    file once replaced the old output, and the command said it had succeeded."""
+    import cv2
+
+    from emojicam import files
+    from emojicam.errors import InputError
+    from tests.factories import make_fake_pipeline, write_test_video
+
+    src = write_test_video(tmp_path / "clip.avi", n_frames=10)
+    dst = tmp_path / "out.avi"
+    dst.write_bytes(b"last week's result")
+
+    class FullDisk:  # what a writer on a full disk amounts to: a file that is cut short
+        def __init__(self, path, *args) -> None:
+            self.path = path
+
+        def isOpened(self) -> bool:
+            return True
+
+        def write(self, image) -> None:
+            pass
+
+        def release(self) -> None:
+            with open(self.path, "wb") as f:
+                f.write(b"RIFF\x00\x10\x00\x00AVI LIST")
+
+    monkeypatch.setattr(cv2, "VideoWriter", type("W", (FullDisk,), {"fourcc": staticmethod(lambda *c: 0)}))
+    with pytest.raises(InputError, match="could not be written whole"):
+        files.process_video(make_fake_pipeline(), src, dst, progress=False)
+    assert dst.read_bytes() == b"last week's result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.avi", "out.avi"]
+
+
+def test_a_cut_video_is_processed_and_the_missing_frames_are_reported(tmp_path, monkeypatch, caplog):
+    from emojicam import files
+    from tests.factories import make_fake_pipeline, write_test_video
+
+    src = write_test_video(tmp_path / "clip.avi", n_frames=10)
+    real_frames = files.video_frames
+    monkeypatch.setattr(files, "video_frames", lambda cap, fps: iter(list(real_frames(cap, fps))[:6]))
+    with caplog.at_level("WARNING", logger="emojicam.files"):
+        assert files.process_video(make_fake_pipeline(), src, tmp_path / "out.avi", progress=False) == 6
+    assert any("only 6 of its 10 frames" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize(
