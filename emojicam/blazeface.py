@@ -32,7 +32,7 @@ from emojicam.blazeface_model import (
 from emojicam.config import DetectorConfig
 from emojicam.errors import SetupError
 from emojicam.face_merge import merge_models, not_overlapping, select
-from emojicam.models_install import FULL_RANGE, SHORT_RANGE, find_model, user_models_dir
+from emojicam.models_install import FULL_RANGE, SHORT_RANGE, file_state, find_model, user_models_dir
 from emojicam.preprocess import BLAZEFACE_CROP_MARGINS, CropMargins
 from emojicam.types import FaceBox
 
@@ -191,7 +191,11 @@ class BlazeFaceDetector:
         path = model_path or find_blazeface_model()
         if path is None or not Path(path).is_file():
             where = path or user_models_dir() / SHORT_RANGE.filename
-            raise SetupError(f"BlazeFace model not found at {where}; run 'emojicam models install'")
+            state = "missing" if model_path else file_state(SHORT_RANGE)
+            if state == "missing":
+                raise SetupError(f"BlazeFace model not found at {where}; run 'emojicam models install'")
+            raise SetupError(f"BlazeFace model at {where} is damaged ({state}); "
+                             "run 'emojicam models install --force'")
         short = BlazeFaceModel.load(Path(path), SHORT_RANGE_GEOMETRY, threads, SHORT_RANGE_MARGIN)
         full = None
         if use_full_range:

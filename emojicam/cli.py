@@ -86,6 +86,7 @@ def setup_logging(debug: bool) -> None:
 
 
 def cmd_process(args: argparse.Namespace) -> int:
+    from emojicam.detect import privacy_warning
     from emojicam.files import is_image, process_image, process_video
     from emojicam.pipeline import build_pipeline
 
@@ -103,6 +104,9 @@ def cmd_process(args: argparse.Namespace) -> int:
     else:
         n = process_video(pipeline, args.input, args.output, progress=not args.no_progress)
         print(f"{args.output}: {n} frames, mode {config.mode}")
+    warning = privacy_warning(pipeline.detector)
+    if warning and config.mode == "replace":  # the output may show faces: say so in the result, too
+        print(f"emojicam: {warning}", file=sys.stderr)
     return 0
 
 

@@ -20,7 +20,9 @@ Platforms (``sink.backend`` in the config):
 from __future__ import annotations
 
 import logging
+import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -126,6 +128,14 @@ class PreviewSink:
         self.closed_by_user = False
 
     def open(self) -> None:
+        if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
+            # OpenCV's Qt build (the opencv-python wheel, X11 only) aborts the whole
+            # process when it cannot reach a display, before cv2.error could be raised:
+            # 'ctl preview on' over SSH once killed the daemon.
+            raise SinkError(
+                "cannot open a preview window: no X display (DISPLAY is not set); start EmojiCam "
+                "from your desktop session, or use --sink null / --sink virtual"
+            )
         # AUTOSIZE, not NORMAL: with Qt a resizable window sometimes stays
         # black (seen 1 in 8 under Xvfb); frames are fitted into a fixed
         # canvas of at most MAX_WINDOW_WH instead.

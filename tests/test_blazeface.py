@@ -530,6 +530,13 @@ def test_create_without_an_installed_model_says_how_to_install(tmp_path, monkeyp
         bf.BlazeFaceDetector.create(DetectorConfig(), model_path=tmp_path / "absent.tflite")
 
 
+def test_a_damaged_installed_model_is_called_damaged_not_missing(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(models_install, "user_models_dir", lambda: tmp_path)
+    (tmp_path / models_install.SHORT_RANGE.filename).write_bytes(b"garbage")
+    with pytest.raises(SetupError, match=r"is damaged \(corrupt\); run 'emojicam models install --force'"):
+        bf.BlazeFaceDetector.create(DetectorConfig())
+
+
 def test_create_rejects_a_file_that_is_not_a_model(tmp_path) -> None:
     bogus = tmp_path / "face_detection_short_range.tflite"
     bogus.write_bytes(b"not a flatbuffer" * 64)

@@ -160,6 +160,19 @@ def test_process_works_from_another_directory_with_image(tmp_path):
     shutil.rmtree(elsewhere)
 
 
+def test_process_in_replace_mode_says_when_the_haar_fallback_ran(tmp_path):
+    """A damaged or missing BlazeFace install falls back to Haar, which misses
+    turned faces: the written file may show faces, so the result line says so."""
+    cv2.imwrite(str(tmp_path / "blank.jpg"), np.full((120, 160, 3), 128, np.uint8))
+    (tmp_path / "haar.yaml").write_text("detector: {backend: haar}\n")
+    out = run_cli("--config", "haar.yaml", "process", "blank.jpg", "-o", "out.jpg", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "Haar face detector: turned faces may show" in out.stderr
+    out = run_cli("--config", "haar.yaml", "process", "blank.jpg", "-o", "out.jpg", "--mode", "decorate",
+                  cwd=tmp_path)
+    assert "turned faces may show" not in out.stderr
+
+
 def test_process_refuses_to_write_over_its_input_video(tmp_path):
     from tests.factories import write_test_video
 

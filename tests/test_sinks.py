@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -205,3 +206,15 @@ def test_create_sink_by_kind() -> None:
 def test_send_before_open_is_an_error() -> None:
     with pytest.raises(sinks.SinkError):
         sinks.VirtualCameraSink(SinkConfig(), (8, 8)).send(np.zeros((8, 8, 3), np.uint8))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the X display check is Linux's")
+def test_a_preview_window_without_a_display_is_a_sink_error_not_an_abort(monkeypatch) -> None:
+    """OpenCV's Qt build aborts the process when it cannot reach a display:
+    'ctl preview on' over SSH once killed the daemon, leaving its socket behind."""
+    monkeypatch.delenv("DISPLAY", raising=False)
+    opened: list[str] = []
+    monkeypatch.setattr(sinks.cv2, "namedWindow", lambda *a: opened.append("window"))
+    with pytest.raises(sinks.SinkError, match="DISPLAY is not set"):
+        sinks.PreviewSink(30).open()
+    assert opened == []
