@@ -15,6 +15,7 @@ All paths derive from ``home`` so tests write into a temporary folder; the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
@@ -143,11 +144,17 @@ def _systemctl(runner: Runner | None, *args: str) -> str | None:
     return None
 
 
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _write(path: Path, data: str | bytes) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise EmojiCamError(f"cannot write {path} ({exc.strerror or exc}); check that folder's owner "
+                            "and permissions (a sudo run may have made it root's)") from exc
 
 
 def enable(
@@ -172,9 +179,12 @@ def enable(
     if method == "systemd":
         unit = unit_path(home)
         try:
-            before: str | None = unit.read_text(encoding="utf-8")
-        except (FileNotFoundError, UnicodeDecodeError):
+            before: bytes | None = unit.read_bytes()  # put back byte for byte if enabling fails
+        except FileNotFoundError:
             before = None
+        except OSError as exc:
+            raise EmojiCamError(f"cannot read {unit} ({exc.strerror or exc}); autostart is "
+                                "unchanged") from exc
         _write(unit, systemd_unit(cmd))
         problem = _systemctl(runner, "daemon-reload") or _systemctl(runner, "enable", UNIT_NAME)
         if problem:
@@ -207,6 +217,9 @@ def _remove(path: Path) -> bool:
         return True
     except FileNotFoundError:
         return False
+    except OSError as exc:
+        raise EmojiCamError(f"cannot remove {path} ({exc.strerror or exc}); check that it is a file "
+                            "and its folder's owner and permissions") from exc
 
 
 def _disable_unit(home: Path | None, runner: Runner | None) -> bool:
@@ -240,5 +253,5 @@ def disable(*, home: Path | None = None, system: str | None = None, runner: Runn
 def status(*, home: Path | None = None, system: str | None = None) -> str:
     system = system or platform.system()
     paths = [plist_path(home)] if system == "Darwin" else [desktop_path(home), unit_path(home)]
-    found = [str(p) for p in paths if p.exists()]
+    found = [str(p) for p in paths if p.is_file()]
     return ("enabled: " + ", ".join(found)) if found else "autostart is not enabled"

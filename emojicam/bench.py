@@ -468,6 +468,10 @@ def write_chart(result: BenchResult, path: Path) -> None:
         1,
         cv2.LINE_AA,
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), image):
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        written = cv2.imwrite(str(path), image)
+    except (OSError, cv2.error) as exc:
+        raise InputError(f"{path}: could not write the chart ({exc})") from exc
+    if not written:
         raise InputError(f"{path}: could not write the chart (is it a .png path in a writable folder?)")

@@ -114,6 +114,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise EmojiCamError(f"--faces: expected 1 to 64, got {args.faces}")
     if args.warmup < 0:
         raise EmojiCamError(f"--warmup: expected a number >= 0, got {args.warmup}")
+    if args.chart is not None:  # checked before the run, not after it
+        if args.chart.is_dir():
+            raise EmojiCamError(f"--chart {args.chart}: is a folder; give a file name")
+        if args.chart.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+            raise EmojiCamError(f"--chart {args.chart}: give a .png (or .jpg) file name")
     options = bench.BenchOptions(
         source=args.source,
         size_wh=args.size,

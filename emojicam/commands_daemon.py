@@ -313,6 +313,8 @@ def cmd_autostart(args: argparse.Namespace, *, home: Path | None = None) -> int:
     try:
         if args.action == "enable":
             config = getattr(args, "config", None)  # the login instance reads the same settings file
+            if config is not None:
+                load_config(config)  # a file that fails now would fail at every login, unseen
             message = autostart.enable(args.method, home=home, cmd=autostart.command_line(config))
         elif args.action == "disable":
             message = autostart.disable(home=home)

@@ -84,6 +84,43 @@ def test_a_failed_systemd_reenable_keeps_the_unit_that_was_enabled(tmp_path: Pat
     assert "enabled" in autostart.status(home=tmp_path, system="Linux")
 
 
+def test_a_failed_systemd_enable_puts_back_a_unit_that_is_not_utf8(tmp_path: Path) -> None:
+    """A unit the user wrote in Latin-1 was taken for no unit, and deleted."""
+    unit = autostart.unit_path(tmp_path)
+    unit.parent.mkdir(parents=True)
+    unit.write_bytes(b"# my own unit, caf\xe9\n[Service]\nExecStart=/usr/bin/true\n")
+    with pytest.raises(EmojiCamError, match="autostart is unchanged"):
+        autostart.enable("systemd", home=tmp_path, system="Linux", runner=Runner(1), cmd=CMD)
+    assert unit.read_bytes() == b"# my own unit, caf\xe9\n[Service]\nExecStart=/usr/bin/true\n"
+
+
+def test_files_that_cannot_be_written_or_removed_are_one_line_errors(tmp_path: Path) -> None:
+    entry = autostart.desktop_path(tmp_path)
+    entry.parent.parent.mkdir(parents=True)
+    entry.parent.write_text("a file where the autostart folder should be")
+    with pytest.raises(EmojiCamError, match="cannot write .*emojicam.desktop"):
+        autostart.enable("xdg", home=tmp_path, system="Linux", runner=Runner(), cmd=CMD)
+    entry.parent.unlink()
+    entry.mkdir(parents=True)  # a folder where the entry should be
+    with pytest.raises(EmojiCamError, match="cannot write"):
+        autostart.enable("xdg", home=tmp_path, system="Linux", runner=Runner(), cmd=CMD)
+    with pytest.raises(EmojiCamError, match="cannot remove"):
+        autostart.disable(home=tmp_path, system="Linux", runner=Runner())
+    assert autostart.status(home=tmp_path, system="Linux") == "autostart is not enabled"
+    assert sorted(p.name for p in entry.parent.iterdir()) == ["emojicam.desktop"]  # no .tmp left
+
+
+def test_enable_refuses_a_config_file_that_would_fail_at_every_login(tmp_path: Path, capsys) -> None:
+    import platform
+
+    if platform.system() != "Linux":
+        pytest.skip("Linux paths")
+    args = argparse.Namespace(action="enable", method="xdg", config=tmp_path / "missing.yaml")
+    assert commands_daemon.cmd_autostart(args, home=tmp_path) != 0
+    assert "config file not found" in capsys.readouterr().err
+    assert not autostart.desktop_path(tmp_path).exists()
+
+
 def test_switching_method_leaves_one_entry(tmp_path: Path) -> None:
     runner = Runner()
     autostart.enable("xdg", home=tmp_path, system="Linux", runner=runner, cmd=CMD)
@@ -130,6 +167,7 @@ def test_autostart_keeps_the_config_file_it_was_enabled_with(tmp_path: Path, mon
     if platform.system() != "Linux":
         pytest.skip("Linux paths")
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "my.yaml").write_text("mode: decorate\n")
     args = argparse.Namespace(action="enable", method="xdg", config=Path("my.yaml"))
     assert commands_daemon.cmd_autostart(args, home=tmp_path) == 0
     entry = configparser.ConfigParser(interpolation=None)

@@ -272,3 +272,15 @@ def test_bench_pipeline_honours_full_range_at_any_thread_count(threads: int) -> 
     config = dataclasses.replace(Config(), detector=DetectorConfig(full_range=False))
     pipeline, name = bench.build_bench_pipeline(config, threads)
     assert name == "BlazeFaceDetector" and pipeline.detector.full_range is None
+
+
+def test_a_chart_path_that_cannot_work_is_refused_before_the_run(tmp_path, monkeypatch) -> None:
+    """--chart x.txt once failed with a traceback after the whole benchmark had run."""
+    from emojicam.cli import build_parser
+    from emojicam.errors import EmojiCamError
+
+    monkeypatch.setattr(bench, "run", lambda *a: pytest.fail("the benchmark ran"))
+    for chart, message in ((tmp_path / "chart.txt", "give a .png"), (tmp_path, "is a folder")):
+        args = build_parser().parse_args(["bench", "--frames", "1", "--chart", str(chart)])
+        with pytest.raises(EmojiCamError, match=message):
+            args.handler(args)
