@@ -15,7 +15,7 @@ from pathlib import Path
 
 from emojicam import __version__
 from emojicam.config import MODES, load_config
-from emojicam.errors import EmojiCamError
+from emojicam.errors import EmojiCamError, InputError
 
 log = logging.getLogger("emojicam")
 
@@ -118,8 +118,17 @@ def cmd_classify(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     detector = create_detector(config.detector)
     classifier = TFLiteClassifier.create(config.classifier, crop_margins=crop_margins_for(detector))
+    failed = 0
     for path in args.images:
-        image = read_image(path)
+        try:
+            image = read_image(path)
+        except InputError as exc:  # reported, and the other images are still classified
+            failed += 1
+            if args.json:
+                print(json.dumps({"path": str(path), "error": str(exc)}))
+            else:
+                print(f"emojicam: error: {exc}", file=sys.stderr)
+            continue
         boxes = detector.detect(image)
         scores = classifier.classify(image, boxes)
         if args.json:
@@ -131,7 +140,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         for b, s in zip(boxes, scores, strict=True):
             probs = "  ".join(f"{k} {v:.2f}" for k, v in s.as_dict().items())
             print(f"  box {list(b.xywh)}: {s.top.value}  ({probs})")
-    return 0
+    return 2 if failed else 0  # as for any other input error (main)
 
 
 def main(argv: list[str] | None = None) -> int:

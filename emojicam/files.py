@@ -49,7 +49,8 @@ def open_video(path: Path) -> tuple[cv2.VideoCapture, VideoInfo]:
     if not ok or first is None:
         cap.release()
         raise InputError(f"{path}: not a readable video (OpenCV could not decode a frame)")
-    cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+    cap.release()  # opened again rather than rewound: an image source cannot seek
+    cap = cv2.VideoCapture(str(path))
     fps = cap.get(cv2.CAP_PROP_FPS)
     info = VideoInfo(
         int(cap.get(cv2.CAP_PROP_FRAME_COUNT)),

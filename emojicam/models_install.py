@@ -128,7 +128,10 @@ def pip_download(dest_dir: Path) -> Path:
             "'uv pip install pip' in a uv venv) and run this again, or download a wheel by hand "
             f"from {WHEEL_PAGE_URL} and run 'emojicam models install --wheel PATH'"
         )
-    if result.returncode != 0 and "No matching distribution" in result.stderr:
+    # pip says "No matching distribution" also when it never reached the index; only a
+    # reachable index that lacks this interpreter's wheel is worth the second download.
+    unreachable = any(sign in result.stderr for sign in _NETWORK_FAILURES)
+    if result.returncode != 0 and "No matching distribution" in result.stderr and not unreachable:
         log.info(
             "no %s wheel for this interpreter; fetching the %s one (same model bytes)",
             WHEEL_REQUIREMENT,
@@ -143,6 +146,11 @@ def pip_download(dest_dir: Path) -> Path:
             "and run 'emojicam models install --wheel PATH'"
         )
     return find_wheel(dest_dir)
+
+
+#: What pip prints when it cannot reach the package index (pip 23-25).
+_NETWORK_FAILURES = ("Retrying (Retry(", "NewConnectionError", "ConnectTimeout", "ProxyError",
+                     "Failed to establish a new connection", "Temporary failure in name resolution")
 
 
 def _run_pip(cmd: Sequence[str]) -> subprocess.CompletedProcess[str]:

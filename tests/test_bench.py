@@ -284,3 +284,15 @@ def test_a_chart_path_that_cannot_work_is_refused_before_the_run(tmp_path, monke
         args = build_parser().parse_args(["bench", "--frames", "1", "--chart", str(chart)])
         with pytest.raises(EmojiCamError, match=message):
             args.handler(args)
+
+
+def test_an_image_is_a_bench_source_too(tmp_path) -> None:
+    """open_video rewound after its check by seeking, which an image cannot do:
+    'bench --source face.jpg' said no frames could be decoded."""
+    import cv2
+    import numpy as np
+
+    image = tmp_path / "face.jpg"
+    cv2.imwrite(str(image), np.full((90, 160, 3), 100, np.uint8))
+    frames = bench.looped_video_frames(image, (320, 180))
+    assert [next(frames)[0].shape for _ in range(3)] == [(180, 320, 3)] * 3

@@ -148,6 +148,20 @@ def test_process_and_classify_image(tmp_path, selfie_mp4):
         assert (changed == 0) == (mode == "off")
 
 
+def test_classify_reports_a_bad_image_and_goes_on_with_the_rest(tmp_path):
+    """It stopped at the first unreadable file: the images after it were never classified."""
+    for name in ("a.png", "c.png"):
+        cv2.imwrite(str(tmp_path / name), np.full((60, 80, 3), 128, np.uint8))
+    (tmp_path / "b.png").write_bytes(b"")
+    out = run_cli("classify", "a.png", "b.png", "c.png", "--json", cwd=tmp_path)
+    assert out.returncode == 2
+    records = [json.loads(line) for line in out.stdout.strip().splitlines()]
+    assert [r["path"] for r in records] == ["a.png", "b.png", "c.png"]
+    assert "not a readable image" in records[1]["error"] and records[2]["faces"] == []
+    out = run_cli("classify", "a.png", "b.png", "c.png", cwd=tmp_path)
+    assert out.returncode == 2 and "c.png: 0 face(s)" in out.stdout and "b.png" in out.stderr
+
+
 def test_process_works_from_another_directory_with_image(tmp_path):
     elsewhere = tmp_path / "somewhere"
     elsewhere.mkdir()

@@ -194,6 +194,23 @@ def test_pip_failure_says_what_failed_and_how_to_work_around_it(tmp_path, monkey
     assert len(commands) == 1, "no platform fallback for network errors"
 
 
+def test_an_unreachable_index_is_not_taken_for_a_missing_wheel(tmp_path, monkeypatch) -> None:
+    """pip says "No matching distribution" when it never reached the index too: the
+    platform fallback then ran a second full download against the dead index."""
+    commands: list[list[str]] = []
+    offline = subprocess.CompletedProcess([], 1, "", (
+        "WARNING: Retrying (Retry(total=4, connect=None, read=None, redirect=None, status=None)) after "
+        "connection broken by 'NewConnectionError('<pip._vendor.urllib3.connection.HTTPConnection object>: "
+        "Failed to establish a new connection: [Errno 111] Connection refused')': /simple/mediapipe/\n"
+        "ERROR: Could not find a version that satisfies the requirement mediapipe==0.10.21 "
+        "(from versions: none)\n"
+        "ERROR: No matching distribution found for mediapipe==0.10.21"))
+    monkeypatch.setattr(models_install, "_run_pip", fake_pip([offline], commands))
+    with pytest.raises(SetupError, match="Check your network or proxy"):
+        models_install.pip_download(tmp_path)
+    assert len(commands) == 1
+
+
 def test_a_python_without_pip_is_not_blamed_on_the_network(tmp_path, monkeypatch) -> None:
     commands: list[list[str]] = []
     no_pip = subprocess.CompletedProcess([], 1, "", "/venv/bin/python: No module named pip")
