@@ -10,6 +10,7 @@ import importlib
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -98,6 +99,8 @@ def cmd_process(args: argparse.Namespace) -> int:
     if is_image(args.input) != is_image(args.output):
         raise EmojiCamError(f"{args.output}: output must be the same kind (image or video) as {args.input}")
     pipeline = build_pipeline(config)
+    # SIGTERM ends the run like Ctrl-C does: the part file is removed, the old output kept.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if is_image(args.input):
         results = process_image(pipeline, args.input, args.output)
         print(f"{args.output}: {len(results)} face(s), mode {config.mode}")
@@ -108,6 +111,10 @@ def cmd_process(args: argparse.Namespace) -> int:
     if warning and config.mode == "replace":  # the output may show faces: say so in the result, too
         print(f"emojicam: {warning}", file=sys.stderr)
     return 0
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def cmd_classify(args: argparse.Namespace) -> int:

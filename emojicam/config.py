@@ -167,10 +167,16 @@ def user_config_path() -> Path:
 def load_config(path: str | Path | None = None, *, use_user_file: bool = True) -> Config:
     """Defaults, then the user file (if any), then ``path`` (if given)."""
     layers: list[Path] = [default_config_path()]
-    if use_user_file and user_config_path().is_file():
-        layers.append(user_config_path())
+    user = user_config_path()
+    if use_user_file and user.is_dir():  # not silently ignored: the user thinks it holds settings
+        raise ConfigError(f"{user}: is a folder, not a settings file; remove it or put config.yaml's "
+                          "lines you want to change in a file of that name")
+    if use_user_file and user.is_file():
+        layers.append(user)
     if path is not None:
         p = Path(path).expanduser()
+        if p.is_dir():
+            raise ConfigError(f"{p}: is a folder; give the path of a settings file")
         if not p.is_file():
             raise ConfigError(f"{p}: config file not found")
         layers.append(p)

@@ -17,7 +17,8 @@ from emojicam.types import FaceResult, Frame
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".webp", ".tif", ".tiff",
+                  ".pbm", ".pgm", ".ppm", ".pnm"}
 _FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 
 
@@ -26,12 +27,30 @@ def is_image(path: Path) -> bool:
 
 
 def read_image(path: Path) -> np.ndarray:
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not an image")
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise InputError(f"{path}: not a readable image (PNG, JPEG, BMP, WebP or TIFF)")
+    _refuse_truncated(path)
     return image
+
+
+def _refuse_truncated(path: Path) -> None:
+    """OpenCV decodes a cut JPEG as far as it goes and fills the rest with grey
+    (a 'processed' photo that is mostly grey); Pillow says the file is cut."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except (UnidentifiedImageError, ValueError):
+        return  # a format Pillow does not read; OpenCV's reading stands
+    except OSError as exc:
+        if "truncated" in str(exc):
+            raise InputError(f"{path}: the image is cut short or damaged ({exc})") from exc
 
 
 @dataclass(frozen=True)

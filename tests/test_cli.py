@@ -162,6 +162,48 @@ def test_classify_reports_a_bad_image_and_goes_on_with_the_rest(tmp_path):
     assert out.returncode == 2 and "c.png: 0 face(s)" in out.stdout and "b.png" in out.stderr
 
 
+def test_a_cut_jpeg_or_a_folder_is_refused_not_processed(tmp_path):
+    """OpenCV decodes a cut JPEG as far as it goes and fills the rest with grey:
+    'process' wrote a mostly grey photo and 'classify' said 0 faces, both exit 0."""
+    from emojicam import files
+    from emojicam.errors import InputError
+    from tests.factories import make_image
+
+    whole = tmp_path / "whole.jpg"
+    cv2.imwrite(str(whole), make_image((320, 240)))
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(whole.read_bytes()[:3000])
+    assert files.read_image(whole).shape == (240, 320, 3)
+    with pytest.raises(InputError, match="cut short or damaged"):
+        files.read_image(cut)
+    with pytest.raises(InputError, match="is a folder"):
+        files.read_image(tmp_path)
+    assert files.is_image(Path("photo.jfif")) and files.is_image(Path("scan.PGM"))
+
+
+def test_sigterm_during_process_keeps_the_old_output_and_leaves_no_part_file(tmp_path, selfie_mp4):
+    import signal
+    import time
+
+    dst = tmp_path / "out.mp4"
+    dst.write_bytes(b"last week's result")
+    env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "xdg-config"))
+    if not Path(sys.executable).with_name("emojicam").exists():  # source tree run
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.Popen([*emojicam_cmd(), "process", str(selfie_mp4), "-o", str(dst), "--no-progress"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    part = tmp_path / ".out.emojicam-part.mp4"
+    deadline = time.monotonic() + 60
+    while not part.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert part.exists(), proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert dst.read_bytes() == b"last week's result"
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("xdg")) == ["out.mp4"]
+
+
 def test_process_works_from_another_directory_with_image(tmp_path):
     elsewhere = tmp_path / "somewhere"
     elsewhere.mkdir()

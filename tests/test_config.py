@@ -200,3 +200,14 @@ def test_user_folders_on_windows_are_not_doubled(monkeypatch):
         "logs": "LOCALAPPDATA/emojicam/Logs",
         "runtime": "LOCALAPPDATA/Temp/emojicam",
     }
+
+
+def test_a_folder_where_a_settings_file_should_be_is_named(tmp_path, monkeypatch) -> None:
+    """A user config that was a folder was silently ignored by every command."""
+    from emojicam import config as config_module
+
+    with pytest.raises(ConfigError, match="is a folder; give the path of a settings file"):
+        load_config(tmp_path)
+    monkeypatch.setattr(config_module, "user_config_path", lambda: tmp_path)
+    with pytest.raises(ConfigError, match="is a folder, not a settings file"):
+        load_config()
