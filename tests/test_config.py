@@ -211,3 +211,14 @@ def test_a_folder_where_a_settings_file_should_be_is_named(tmp_path, monkeypatch
     monkeypatch.setattr(config_module, "user_config_path", lambda: tmp_path)
     with pytest.raises(ConfigError, match="is a folder, not a settings file"):
         load_config()
+
+
+def test_a_setting_given_twice_is_an_error_naming_the_line() -> None:
+    """PyYAML keeps the last of two equal keys silently: an old line lower in the
+    file undid the user's new one above it."""
+    with pytest.raises(ConfigError, match=r"f.yaml: line 3, column 1: 'mode' is set twice in the same"):
+        parse_yaml("mode: label\ncamera: {width: 640, height: 480}\nmode: replace\n", "f.yaml")
+    with pytest.raises(ConfigError, match="'width' is set twice"):
+        parse_yaml("camera:\n  width: 640\n  width: 320\n", "f.yaml")
+    assert parse_yaml("camera: {width: 640}\ndetector: {width: 3}\n") == {
+        "camera": {"width": 640}, "detector": {"width": 3}}
