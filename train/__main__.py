@@ -3,12 +3,14 @@
 Examples::
 
     python -m train fit --data ../shared/data/fer2013.npz --run base-cpu
-    python -m train fit --data ../shared/data/fer2013.npz --run deep-next --preset long \
-        --init-from models/emotion.tflite --epochs 16 --lr 0.004   # warm restart from the shipped file
+    python -m train fit --data ../shared/data/fer2013.npz --run deep-next --preset long
+        --init-from models/emotion.tflite --epochs 16 --lr 0.004   (one line: a warm restart
+        from the shipped file)
     python -m train export --run base-cpu --data ../shared/data/fer2013.npz
     python -m train eval --model models/emotion.tflite --data ../shared/data/fer2013.npz
     python -m train curves --run base-cpu -o docs/model/training_curves.png
-    python -m train qat --from-run base-cpu --run base-cpu-qat --data ../shared/data/fer2013.npz
+    python -m train qat --from-run base-cpu --run base-cpu-qat --epochs 1 --lr 3e-4
+        --data ../shared/data/fer2013.npz   (one line)
     python -m train teach --runs deep-a deep-b -o teacher.npz --data ../shared/data/fer2013.npz
 """
 

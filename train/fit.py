@@ -49,7 +49,7 @@ class Recipe:
 PRESETS = {
     # Fits one working session on 2 CPU cores (~200 s/epoch alone, ~350 s shared).
     "cpu": Recipe(),
-    # For a long multi-day CPU run or a GPU.
+    # For a long CPU run (about 7 to 10 hours on 2 cores, resumable) or a GPU.
     "long": Recipe(arch="deep", epochs=120, lr=0.05),
 }
 
