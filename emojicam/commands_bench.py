@@ -128,6 +128,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         warmup_frames=args.warmup,
     )
     result = bench.run(config, options)
+    if args.faces is not None and result.faces_per_frame < 0.5 * args.faces:
+        log.warning("only %.1f of the %d pasted faces were found per frame: at %dx%d each face is too "
+                    "small for the detector, so these timings are not those of %d faces",
+                    result.faces_per_frame, args.faces, *args.size, args.faces)
     print(bench.format_json(result) if args.json else bench.format_text(result))
     if args.chart:
         bench.write_chart(result, args.chart)

@@ -248,6 +248,21 @@ def test_bench_command_with_synthetic_faces(selfie_mp4, capsys) -> None:
     assert data["faces_per_frame"] >= 3, "most pasted faces should be found"
 
 
+def test_faces_too_small_to_find_are_said_to_be(selfie_mp4, capsys, caplog) -> None:
+    """64 faces in a 64x36 frame are 1 px each: the run measured no faces at all
+    and said nothing about it."""
+    from emojicam.blazeface import find_blazeface_model
+
+    if find_blazeface_model() is None:
+        pytest.skip("BlazeFace model not installed (run 'emojicam models install')")
+    args = parse(["bench", "--json", "--source", str(selfie_mp4), "--faces", "64", "--size", "64x36",
+                  "--frames", "2", "--warmup", "0", "--detector", "blazeface"])
+    with caplog.at_level("WARNING", logger="emojicam.commands_bench"):
+        commands_bench.cmd_bench(args)
+    assert json.loads(capsys.readouterr().out)["faces_per_frame"] < 32
+    assert any("too small for the detector" in r.getMessage() for r in caplog.records)
+
+
 def test_commands_plug_into_the_cli(tmp_path, monkeypatch, capsys) -> None:
     from emojicam import cli, models_install
 
