@@ -202,14 +202,15 @@ class _StrictLoader(yaml.SafeLoader):
     the last silently: an edit lower in the file would undo one above it)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, str) and key in seen:
+        seen: set[str] = set()
+        for key_node, _ in node.value:  # the keys as written (merge keys, "<<", may repeat others)
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            if key_node.value in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"{key!r} is set twice in the same section", key_node.start_mark
+                    None, None, f"{key_node.value!r} is set twice in the same section", key_node.start_mark
                 )
-            seen.add(key)
+            seen.add(key_node.value)
         return super().construct_mapping(node, deep=deep)
 
 

@@ -222,3 +222,6 @@ def test_a_setting_given_twice_is_an_error_naming_the_line() -> None:
         parse_yaml("camera:\n  width: 640\n  width: 320\n", "f.yaml")
     assert parse_yaml("camera: {width: 640}\ndetector: {width: 3}\n") == {
         "camera": {"width": 640}, "detector": {"width": 3}}
+    # a YAML merge key may repeat what it merges in: not a duplicate
+    assert parse_yaml("a: &b {width: 640, height: 480}\ncamera:\n  <<: *b\n  width: 320\n")["camera"] == {
+        "width": 320, "height": 480}
