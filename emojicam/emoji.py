@@ -207,10 +207,8 @@ class EmojiSet:
             log.warning("emoji folder %s: %s. Fix or replace these files; names are %s",
                         folder, "; ".join(problems), ", ".join(_file_names()))
         if filled:
-            log.info("emoji folder %s: %s %s transparent near the centre; replace mode draws %s over "
-                     "%s own colour there, so no face shows through", folder, ", ".join(filled),
-                     "is" if len(filled) == 1 else "are", "it" if len(filled) == 1 else "them",
-                     "its" if len(filled) == 1 else "their")
+            log.info("emoji folder %s: transparent near the centre: %s; replace mode draws that part "
+                     "over the emoji's own colour, so no face shows through", folder, ", ".join(filled))
         return cls(art, folder)
 
     @classmethod
