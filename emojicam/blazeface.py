@@ -188,13 +188,13 @@ class BlazeFaceDetector:
         """Load the models. Without ``model_path`` the installed one is used;
         raises SetupError when it is absent. The full-range model is optional
         (used when installed and ``use_full_range``)."""
-        path = model_path or find_blazeface_model()
-        if path is None or not Path(path).is_file():
-            where = path or user_models_dir() / SHORT_RANGE.filename
-            state = "missing" if model_path else file_state(SHORT_RANGE)
-            if state == "missing":
-                raise SetupError(f"BlazeFace model not found at {where}; run 'emojicam models install'")
-            raise SetupError(f"BlazeFace model at {where} is damaged ({state}); "
+        # The installed file's state is read once: missing and damaged need different fixes.
+        state = ("ok" if Path(model_path).is_file() else "missing") if model_path else file_state(SHORT_RANGE)
+        path = Path(model_path) if model_path else user_models_dir() / SHORT_RANGE.filename
+        if state == "missing":
+            raise SetupError(f"BlazeFace model not found at {path}; run 'emojicam models install'")
+        if state != "ok":
+            raise SetupError(f"BlazeFace model at {path} is damaged ({state}); "
                              "run 'emojicam models install --force'")
         short = BlazeFaceModel.load(Path(path), SHORT_RANGE_GEOMETRY, threads, SHORT_RANGE_MARGIN)
         full = None
