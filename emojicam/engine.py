@@ -119,6 +119,9 @@ class Engine:
         self.shutdown = threading.Event()
         self._wake = threading.Event()
         self._commands: queue.Queue[tuple[Callable[[], Any], Future[Any]]] = queue.Queue()
+        # Held while a command is queued and while the stopping loop fails what is left,
+        # so that no command lands after that and waits forever for an answer.
+        self._submit_lock = threading.Lock()
         self._frames: LatestSlot[Frame] = LatestSlot()
         self._output: LatestSlot[np.ndarray] = LatestSlot()
         self._lock = threading.Lock()
@@ -213,10 +216,12 @@ class Engine:
 
     def _submit(self, fn: Callable[[], Any]) -> Future[Any]:
         fut: Future[Any] = Future()
-        if self.shutdown.is_set():
+        with self._submit_lock:
+            accepted = not self.shutdown.is_set()
+            if accepted:
+                self._commands.put((fn, fut))
+        if not accepted:
             fut.set_exception(RuntimeError("EmojiCam is shutting down"))
-            return fut
-        self._commands.put((fn, fut))
         self._wake.set()
         return fut
 
@@ -310,6 +315,8 @@ class Engine:
         log.info("paused" if paused else "resumed")
 
     def _apply_file_config(self, new_file: Config) -> None:
+        if dataclasses.replace(self.config.sink, on_demand=new_file.sink.on_demand) != new_file.sink:
+            log.warning("sink settings change after a restart (the virtual camera stays open while running)")
         new, commit = self._live.propose_file(new_file)
         try:
             self._apply(new)
@@ -327,6 +334,10 @@ class Engine:
         cannot be rebuilt, leaving the old config running."""
         old = self.config
         assert self._pipeline is not None
+        # Sink settings other than on_demand take a restart (``_apply_file_config`` says so):
+        # the sender keeps the sink it opened. Keep running them, so that on-demand, the
+        # status and a reopen follow that sink, not an edit still waiting for the restart.
+        new = dataclasses.replace(new, sink=dataclasses.replace(old.sink, on_demand=new.sink.on_demand))
         # Only the pipeline's own sections matter to it: a mirror, camera,
         # sink, tray or logging change must not rebuild it (and reload models).
         old_for_pipeline = dataclasses.replace(
@@ -342,8 +353,6 @@ class Engine:
         if dataclasses.replace(old.camera, mirror=False) != dataclasses.replace(new.camera, mirror=False):
             log.info("camera settings changed: reopening the camera")
             self._stop_capture()
-        if dataclasses.replace(old.sink, on_demand=new.sink.on_demand) != new.sink:
-            log.warning("sink settings change after a restart (the virtual camera stays open while running)")
         if old.tray.enabled != new.tray.enabled:
             log.warning("tray.enabled changes after a restart (use --no-tray to run without the icon)")
         if old.mode != new.mode:
@@ -379,11 +388,25 @@ class Engine:
                 return True  # readers cannot be counted (no inotify): stay on
             return self._readers > 0 or self._clock() - self._last_reader_s < IDLE_GRACE_S
 
+    def _update_state(self) -> bool:
+        """Set the state from ``_active()``; returns whether the engine is active."""
+        active = self._active()
+        with self._lock:
+            self._state = (
+                EngineState.RUNNING if active else EngineState.PAUSED if self._paused else EngineState.IDLE
+            )
+        return active
+
     def _on_camera(self, state: CameraState, detail: str, gen: int | None = None) -> None:
         with self._lock:
             if gen is not None and gen != self._capture_gen:
                 return  # from a capture thread already replaced
             self._camera, self._camera_detail = state, detail
+            if state is not CameraState.OK:
+                # No camera, no faces: the tray's icon and status line must not
+                # keep showing the last frame's faces and frame rate.
+                self._faces, self._dominant = 0, None
+                self._frame_times.clear()
         if state is not CameraState.OK:
             self._output.clear()  # never repeat the last face frame over a placeholder
         if state is CameraState.UNAVAILABLE:
@@ -421,24 +444,21 @@ class Engine:
             except queue.Empty:
                 return
             try:
-                fut.set_result(fn())
+                result = fn()
             except Exception as exc:  # noqa: BLE001 - handed to whoever asked
                 fut.set_exception(exc)
+                continue
+            # Publish what the command changed (a pause) before its caller hears back,
+            # not after the commands queued behind it: a status read then must agree.
+            self._update_state()
+            fut.set_result(result)
 
     def _process_loop(self) -> None:
         seq = 0
         try:
             while not self.shutdown.is_set():
                 self._drain_commands()
-                active = self._active()
-                with self._lock:
-                    self._state = (
-                        EngineState.RUNNING
-                        if active
-                        else EngineState.PAUSED
-                        if self._paused
-                        else EngineState.IDLE
-                    )
+                active = self._update_state()
                 if not active:
                     if self._capture is not None:
                         self._stop_capture()
@@ -463,11 +483,15 @@ class Engine:
             self._fail_pending()
 
     def _fail_pending(self) -> None:
-        while True:
-            try:
-                _, fut = self._commands.get_nowait()
-            except queue.Empty:
-                return
+        """Answer the commands left (shutdown is set: ``_submit`` queues no more)."""
+        pending = []
+        with self._submit_lock:
+            while True:
+                try:
+                    pending.append(self._commands.get_nowait()[1])
+                except queue.Empty:
+                    break
+        for fut in pending:
             fut.set_exception(RuntimeError("EmojiCam is shutting down"))
 
     def _process(self, frame: Frame) -> None:
@@ -499,9 +523,10 @@ class Engine:
         self._output.put(image)
         largest = max(results, key=lambda r: r.box.area, default=None)
         with self._lock:
-            self._faces = len(results)
-            self._dominant = largest.emotion.value if largest is not None else None
-            self._frame_times.append(now)
+            if self._camera is CameraState.OK:  # not a late frame from a camera just lost or released
+                self._faces = len(results)
+                self._dominant = largest.emotion.value if largest is not None else None
+                self._frame_times.append(now)
             self._frames_processed += 1
             self._last_output_s = now
 

@@ -741,3 +741,112 @@ def test_a_stop_request_takes_no_lock(tmp_path: Path) -> None:
         t.join(2.0)
         assert not t.is_alive(), "request_stop waited for the engine's lock"
     assert eng.shutdown.is_set() and eng.status().state == "stopping"
+
+
+class FakeReaderWatcher:
+    """``v4l2.ReaderWatcher`` without inotify: the test calls ``readers(n)``."""
+
+    made: list[FakeReaderWatcher] = []
+
+    def __init__(self, device: Path, on_change) -> None:
+        self.on_change, self.running = on_change, False
+        FakeReaderWatcher.made.append(self)
+
+    def start(self) -> None:
+        self.running = True
+        self.on_change(0)
+
+    def stop(self) -> None:
+        self.running = False
+
+
+def on_demand_config(tmp_path: Path, video: Path) -> Config:
+    """On-demand on, with the fake device node the reader watcher needs."""
+    (tmp_path / "dev").mkdir(exist_ok=True)
+    (tmp_path / "dev" / "video7").touch()
+    cfg = base_config(str(video))
+    return dataclasses.replace(cfg, sink=dataclasses.replace(cfg.sink, on_demand=True))
+
+
+def test_a_camera_that_is_gone_leaves_no_faces_in_the_status(running, tmp_path: Path) -> None:
+    """Unplugged or paused, the status (the tray's icon and status line, 'ctl
+    status') once kept the last frame's faces, emotion and frame rate."""
+    plugged, log = threading.Event(), []
+    plugged.set()
+    eng = running(deps=make_deps(tmp_path, make_source=lambda cfg: FakeCamera(plugged, log)))
+    wait_for(lambda: eng.status().faces == 1 and eng.status().dominant == "happy")
+    plugged.clear()  # unplug
+    wait_for(lambda: eng.status().camera == "unavailable", timeout_s=3)
+    status = eng.status()
+    assert (status.faces, status.dominant, status.fps) == (0, None, 0.0)
+    plugged.set()
+    wait_for(lambda: eng.status().faces == 1, timeout_s=3)
+    eng.pause().result(2)
+    wait_for(lambda: eng.status().camera == "released")
+    status = eng.status()
+    assert (status.faces, status.dominant, status.fps) == (0, None, 0.0)
+
+
+def test_a_sink_edit_waits_for_a_restart_and_on_demand_still_follows_the_open_sink(
+        running, tmp_path: Path, video: Path) -> None:
+    """sink.kind edited while no app watches: the virtual camera stays open
+    (sink settings take a restart), yet the engine once took the new kind as
+    running, turned the webcam on for nobody and reported the new kind."""
+    plugged, log = threading.Event(), []
+    plugged.set()
+    cfg = on_demand_config(tmp_path, video)
+    edited = dataclasses.replace(cfg, sink=dataclasses.replace(cfg.sink, kind="null"))
+    deps = make_deps(tmp_path, make_source=lambda c: FakeCamera(plugged, log),
+                     watch_readers=FakeReaderWatcher)
+    eng = running(cfg, deps=deps, load_config=lambda: edited)
+    wait_for(lambda: eng.status().state == "idle" and eng.status().readers == 0)
+    eng.reload().result(2)
+    eng.set_mode("label").result(2)  # a runtime choice is built on the file's config too
+    time.sleep(0.3)
+    status = eng.status()
+    assert status.sink_kind == "virtual" and status.mode == "label"
+    assert status.state == "idle" and log == []  # the webcam light never came on
+
+
+def test_a_pause_shows_in_the_status_as_soon_as_it_is_confirmed(running, tmp_path: Path) -> None:
+    """A command queued behind the pause (here a slow mode switch) once kept
+    the status at "running", and the virtual camera on the last face frame,
+    after the pause had been confirmed."""
+    gate = threading.Event()
+
+    def slow_reconfigure(pipeline, old: Config, new: Config):
+        gate.wait(5)
+        return fake_reconfigure(pipeline, old, new)
+
+    eng = running(deps=make_deps(tmp_path, reconf=slow_reconfigure))
+    wait_for(lambda: eng.status().camera == "ok")
+    paused, switched = eng.pause(), eng.set_mode("label")
+    try:
+        paused.result(2)
+        assert eng.status().state == "paused"
+    finally:
+        gate.set()
+    switched.result(5)
+    eng.resume().result(2)
+    assert eng.status().state == "running"
+
+
+def test_a_command_sent_as_the_engine_stops_is_answered(running) -> None:
+    """A command queued just after the processing loop failed the pending
+    ones was never answered: its caller (the config watcher, 'ctl') waited
+    for its full timeout, and the config thread outlived close()."""
+    eng = running()
+    wait_for(lambda: eng.status().frames_processed >= 1)
+    commands = eng._commands
+    real_put = commands.put
+
+    def put_as_the_engine_stops(item, *args, **kw):  # the stop lands between the check and the put
+        closer = threading.Thread(target=eng.close)
+        closer.start()
+        closer.join(0.5)  # close() waits for the submit in progress, so it may not finish here
+        real_put(item, *args, **kw)
+
+    commands.put = put_as_the_engine_stops  # type: ignore[method-assign]
+    future = eng.set_mode("label")
+    with pytest.raises(RuntimeError, match="shutting down"):
+        future.result(timeout=3)
