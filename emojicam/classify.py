@@ -138,9 +138,14 @@ class TFLiteClassifier:
         self.interpreter.set_tensor(self._in["index"], _quantize(x, self._in))
         self.interpreter.invoke()
         out = _dequantize(self.interpreter.get_tensor(self._out["index"]), self._out)
-        out = np.clip(out, 0.0, None)
+        # In float64, so huge float32 scores cannot overflow their sum; a row
+        # that still sums to NaN, inf or 0 (a float model's inf) says nothing:
+        # uniform, where dividing would give NaN and fail the frame.
+        out = np.clip(out.astype(np.float64), 0.0, None)
         total = out.sum(axis=1, keepdims=True)
-        return np.divide(out, total, out=np.full_like(out, 1 / out.shape[1]), where=total > 0)
+        usable = np.isfinite(total) & (total > 0)
+        probs = np.divide(out, total, out=np.full_like(out, 1 / out.shape[1]), where=usable)
+        return probs.astype(np.float32)
 
 
 def _quantize(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:

@@ -21,6 +21,10 @@ Modes:
   smoothed probabilities, kept inside the frame.
 * ``off`` - a copy of the frame.
 
+In decorate and label modes a face's badge, tag and chart keep their spot while
+it nearly fits (``KEEP_SPOT_FRAC``), so a face at the frame's edge does not make
+them jump.
+
 ``compose`` accepts only HxWx3 uint8 BGR images and raises ``ValueError``
 otherwise: the pipeline converts grayscale and BGRA frames before this
 stage. ``privacy_cover`` (the whole-frame fallback) accepts any image.
@@ -34,7 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +74,13 @@ SIDE_GRID_RATIO = 1.06
 #: within one angle step of it: a box that jitters by a pixel or a roll that
 #: jitters by a degree neither re-renders the sprite nor makes the emoji wobble.
 STEADY_SIDE_RATIO = SIDE_GRID_RATIO**2
+#: Decorate and label modes: a face's badge (or tag, or chart) stays where it
+#: was (above the head, right or left of it) while it would stick out of the
+#: frame there by at most this fraction of its size (it is pushed back in), and
+#: moves back to a better spot only when that has this much room to spare: a
+#: face near an edge whose box jitters by a pixel does not make what is drawn
+#: for it jump round the head every frame.
+KEEP_SPOT_FRAC = 0.25
 #: Privacy blur: the frame is reduced to this many cells along its longer side.
 PRIVACY_BLUR_CELLS = 16
 #: Privacy blank: the grey level of a blanked frame.
@@ -95,6 +106,8 @@ class EmojiCompositor:
     emoji_cfg: EmojiConfig
     privacy_cfg: PrivacyConfig
     _steady: dict[int, tuple[int, float]] = field(default_factory=dict)  # track id -> (side, angle)
+    _badge_spot: dict[int, str] = field(default_factory=dict)  # track id -> BADGE_SPOTS entry
+    _label_spots: dict[int, tuple[str, str]] = field(default_factory=dict)  # track id -> (tag, chart)
 
     @classmethod
     def create(cls, emoji_cfg: EmojiConfig, privacy_cfg: PrivacyConfig,
@@ -114,6 +127,10 @@ class EmojiCompositor:
             raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
         out = image_bgr.copy()
         self._steady = {r.track_id: self._steady[r.track_id] for r in results if r.track_id in self._steady}
+        self._badge_spot = {r.track_id: self._badge_spot[r.track_id] for r in results
+                            if r.track_id in self._badge_spot}
+        self._label_spots = {r.track_id: self._label_spots[r.track_id] for r in results
+                             if r.track_id in self._label_spots}
         if mode == "off" or not results or out.size == 0:
             return out
         if mode == "replace":
@@ -123,10 +140,12 @@ class EmojiCompositor:
             for r in results:
                 self._decorate(out, r)
         else:
-            for r in results:
-                draw_label(out, r, tag=False)
-            for r in results:  # tags last: another face's chart never hides them
-                draw_label(out, r, chart=False)
+            layouts = [self._label_layout(r, (out.shape[1], out.shape[0])) for r in results]
+            for r, lay in zip(results, layouts, strict=True):
+                draw_label(out, r, tag=False, layout=lay)
+            # Tags last: another face's chart never hides them.
+            for r, lay in zip(results, layouts, strict=True):
+                draw_label(out, r, chart=False, layout=lay)
         return out
 
     # ------------------------------------------------------------ modes
@@ -156,8 +175,18 @@ class EmojiCompositor:
             return
         side = grid_side(max(MIN_SPRITE_SIDE_PX, self.emoji_cfg.badge_scale * max(box.w, box.h)))
         side, _ = self._steady_placement(result.track_id, side, 0.0)
-        x0, y0 = badge_position(box, side, (out.shape[1], out.shape[0]))
+        size_wh = (out.shape[1], out.shape[0])
+        spot = badge_spot(box, side, size_wh, keep=self._badge_spot.get(result.track_id))
+        self._badge_spot[result.track_id] = spot
+        x0, y0 = badge_position(box, side, size_wh, spot)
         blend_sprite(out, self.emoji.sprite(result.emotion, side), x0, y0)
+
+    def _label_layout(self, result: FaceResult, size_wh: tuple[int, int]) -> LabelLayout:
+        """``label_layout`` for a face, keeping its tag's and chart's spots of the last frame."""
+        keep = self._label_spots.get(result.track_id)
+        lay = label_layout(result.box, label_text(result), size_wh, keep)
+        self._label_spots[result.track_id] = lay.spots
+        return lay
 
     def _steady_placement(self, track_id: int, side: int, roll_deg: float) -> tuple[int, float]:
         """(side, angle) for a face's sprite: ``side`` (the smallest that
@@ -233,20 +262,50 @@ def grid_side(side: float) -> int:
     return max(math.ceil(side), math.ceil(16.0 * SIDE_GRID_RATIO**k - 1e-6))
 
 
-def badge_position(box: FaceBox, side: int, size_wh: tuple[int, int]) -> tuple[int, int]:
-    """Top-left of a decorate badge: above the head if there is room, else to
-    its right, else to its left, else wherever it fits best; kept in frame."""
-    w_img, h_img = size_wh
+#: Where a decorate badge can sit, best first.
+BADGE_SPOTS = ("above", "right", "left")
+
+
+def _badge_xy(box: FaceBox, side: int, spot: str) -> tuple[int, int]:
+    """Top-left of a badge at ``spot``, before it is kept in frame."""
     gap = max(2, round(0.06 * box.h))
-    above_y = box.y - gap - side
-    if above_y >= 0:
-        x0, y0 = round(box.x + box.w / 2.0 - side / 2.0), above_y
-    elif box.x + box.w + gap + side <= w_img:
-        x0, y0 = box.x + box.w + gap, box.y
-    elif box.x - gap - side >= 0:
-        x0, y0 = box.x - gap - side, box.y
-    else:
-        x0, y0 = round(box.x + box.w / 2.0 - side / 2.0), box.y - gap - side
+    if spot == "right":
+        return box.x + box.w + gap, box.y
+    if spot == "left":
+        return box.x - gap - side, box.y
+    return round(box.x + box.w / 2.0 - side / 2.0), box.y - gap - side
+
+
+def badge_spot(box: FaceBox, side: int, size_wh: tuple[int, int], keep: str | None = None) -> str:
+    """The first of ``BADGE_SPOTS`` with room for the badge, else "above"
+    (pushed into the frame); ``keep``, the face's spot on the last frame,
+    within ``KEEP_SPOT_FRAC`` of that (see ``pick_spot``)."""
+    w_img, _ = size_wh
+    xy = {spot: _badge_xy(box, side, spot) for spot in BADGE_SPOTS}
+    overhang = {"above": -xy["above"][1], "right": xy["right"][0] + side - w_img, "left": -xy["left"][0]}
+    return pick_spot(overhang, keep, KEEP_SPOT_FRAC * side, "above")
+
+
+def pick_spot(overhang: Mapping[str, float], keep: str | None, slack: float, fallback: str) -> str:
+    """The first spot (in ``overhang``'s order) that fits, that is sticks out
+    of the frame by ``overhang[spot] <= 0`` pixels, else ``fallback``. With
+    hysteresis: ``keep`` (the last frame's spot) stays while it sticks out by
+    at most ``slack`` and no better spot has ``slack`` to spare."""
+    spots = list(overhang)
+    need = dict.fromkeys(spots, 0.0)
+    if keep is not None and keep in overhang and overhang[keep] <= slack:
+        for better in spots[: spots.index(keep)]:
+            need[better] = -slack
+        need[keep] = slack
+    return next((s for s in spots if overhang[s] <= need[s]), fallback)
+
+
+def badge_position(box: FaceBox, side: int, size_wh: tuple[int, int],
+                   spot: str | None = None) -> tuple[int, int]:
+    """Top-left of a decorate badge at ``spot`` (by default ``badge_spot``),
+    kept in frame."""
+    w_img, h_img = size_wh
+    x0, y0 = _badge_xy(box, side, spot or badge_spot(box, side, size_wh))
     return _clamp(x0, 0, w_img - side), _clamp(y0, 0, h_img - side)
 
 
@@ -296,15 +355,20 @@ class LabelLayout:
     text_h: int  # chart row name height
     tag_text_h: int
     pad: int
+    spots: tuple[str, str] = ("above", "right")  # the tag's and the chart's (see label_layout)
 
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
-def label_layout(box: FaceBox, tag: str, size_wh: tuple[int, int]) -> LabelLayout:
+def label_layout(box: FaceBox, tag: str, size_wh: tuple[int, int],
+                 keep: tuple[str, str] | None = None) -> LabelLayout:
     """Tag above the box (inside its top when there is no room above); chart
     right of the box, else left, else inside it, moved below or above the tag
-    if they would overlap; both kept inside the frame (when it is big enough)."""
+    if they would overlap; both kept inside the frame (when it is big enough).
+    ``keep``: the face's ``spots`` on the last frame, kept while they nearly
+    fit (``KEEP_SPOT_FRAC``, ``pick_spot``)."""
+    keep_tag, keep_chart = keep or (None, None)
     w_img, h_img = size_wh
     scale = float(np.clip(min(w_img, h_img) / 900.0, 0.3, 1.2))
     thick = max(1, round(scale * 2))
@@ -312,18 +376,16 @@ def label_layout(box: FaceBox, tag: str, size_wh: tuple[int, int]) -> LabelLayou
     pad = max(2, th // 4)
     tag_w, tag_h = tw + 2 * pad, th + base + 2 * pad
     tx = _clamp(box.x, 0, w_img - tag_w)
-    ty = _clamp(box.y - tag_h if box.y - tag_h >= 0 else box.y, 0, h_img - tag_h)
+    tag_spot = pick_spot({"above": tag_h - box.y, "inside": 0}, keep_tag, KEEP_SPOT_FRAC * tag_h, "inside")
+    ty = _clamp(box.y - tag_h if tag_spot == "above" else box.y, 0, h_img - tag_h)
 
     (lw, lh), lbase = cv2.getTextSize("sur", _FONT, scale * 0.8, 1)
     row_h, bar_w = lh + lbase + 3, max(30, round(90 * scale))
     panel_w, panel_h = pad * 3 + lw + bar_w, pad * 2 + row_h * len(Emotion)
-    if box.x + box.w + 4 + panel_w <= w_img:
-        px = box.x + box.w + 4
-    elif box.x - 4 - panel_w >= 0:
-        px = box.x - 4 - panel_w
-    else:
-        px = box.x + 4
-    px = _clamp(px, 0, w_img - panel_w)
+    xs = {"right": box.x + box.w + 4, "left": box.x - 4 - panel_w, "inside": box.x + 4}
+    overhang = {"right": xs["right"] + panel_w - w_img, "left": -xs["left"], "inside": 0}
+    chart_spot = pick_spot(overhang, keep_chart, KEEP_SPOT_FRAC * panel_w, "inside")
+    px = _clamp(xs[chart_spot], 0, w_img - panel_w)
 
     def hits_tag(y: int) -> bool:
         return px < tx + tag_w and tx < px + panel_w and y < ty + tag_h and ty < y + panel_h
@@ -332,16 +394,22 @@ def label_layout(box: FaceBox, tag: str, size_wh: tuple[int, int]) -> LabelLayou
     tries = [_clamp(y, 0, h_img - panel_h) for y in (box.y, ty + tag_h + 2, ty - 2 - panel_h)]
     py = next((y for y in tries if not hits_tag(y)), tries[0])  # tiny frame: the tag draws on top
     return LabelLayout(scale, thick, (tx, ty, tag_w, tag_h), (px, py, panel_w, panel_h),
-                       row_h, bar_w, lw, lh, th, pad)
+                       row_h, bar_w, lw, lh, th, pad, (tag_spot, chart_spot))
 
 
-def draw_label(out: np.ndarray, result: FaceResult, chart: bool = True, tag: bool = True) -> None:
+def label_text(result: FaceResult) -> str:
+    """The tag of a face in label mode: "emotion NN%"."""
+    return f"{result.emotion.value} {result.smoothed[result.emotion]:.0%}"
+
+
+def draw_label(out: np.ndarray, result: FaceResult, chart: bool = True, tag: bool = True,
+               layout: LabelLayout | None = None) -> None:
     """Box and 7-bar chart of the smoothed scores (``chart``), "emotion NN%"
-    tag (``tag``); in place."""
-    box, scores, emotion = result.box, result.smoothed, result.emotion
+    tag (``tag``); in place. ``layout``: by default ``label_layout``'s."""
+    box, emotion = result.box, result.emotion
     colour = EMOTION_BGR[emotion]
-    text = f"{emotion.value} {scores[emotion]:.0%}"
-    lay = label_layout(box, text, (out.shape[1], out.shape[0]))
+    text = label_text(result)
+    lay = layout or label_layout(box, text, (out.shape[1], out.shape[0]))
     if chart:
         _draw_chart(out, result, lay)
     if tag:

@@ -34,8 +34,12 @@ class HysteresisSmoother:
     ) -> tuple[EmotionScores, Emotion]:
         st = self._state.get(track_id)
         if st is None:
-            first = scores or EmotionScores.uniform()
-            st = _TrackState(first.probs.copy(), first.top, timestamp_s, timestamp_s)
+            if scores is None:
+                # Not read yet (its first classification failed): neutral, and no
+                # state, so the first reading starts the track. Uniform scores as
+                # a first reading would show their argmax (angry) for min_hold_s.
+                return EmotionScores.uniform(), Emotion.NEUTRAL
+            st = _TrackState(scores.probs.copy(), scores.top, timestamp_s, timestamp_s)
             self._state[track_id] = st
             return EmotionScores(st.probs), st.shown
         if scores is not None:

@@ -138,3 +138,37 @@ def test_the_pipeline_frames_faces_for_the_classifier_as_its_detector_needs() ->
         pytest.skip("BlazeFace model not installed (run 'emojicam models install')")
     blaze = build_pipeline(Config(detector=DetectorConfig(backend="blazeface")))
     assert blaze.classifier.crop_margins == BLAZEFACE_CROP_MARGINS
+
+
+class _FixedOutputInterpreter:
+    """A float32 model's interpreter that gives ``row`` for every face."""
+
+    def __init__(self, row: list[float]) -> None:
+        self.row = np.array([row], np.float32)
+
+    def set_tensor(self, index: int, x: np.ndarray) -> None:
+        pass
+
+    def invoke(self) -> None:
+        pass
+
+    def get_tensor(self, index: int) -> np.ndarray:
+        return self.row
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [([np.inf, 0, 0, 0, 0, 0, 0], np.full(7, 1 / 7)),  # before: NaN, and the frame failed
+     ([np.nan, 1, 0, 0, 0, 0, 0], np.full(7, 1 / 7)),
+     ([3e38, 3e38, 0, 0, 0, 0, 0], [0.5, 0.5, 0, 0, 0, 0, 0])],  # before: all 0 (the sum overflowed)
+)
+def test_a_model_output_that_is_not_finite_gives_scores_not_an_error(row, expected):
+    """A float model (``classifier.model``) can give inf or overflow: the face
+    gets a valid distribution (no information: uniform) rather than failing
+    the frame (blurred in replace mode, each time the face is classified)."""
+    detail = {"index": 0, "dtype": np.float32, "shape": np.array([1, 48, 48, 1])}
+    clf = TFLiteClassifier(_FixedOutputInterpreter(row), Path("float.tflite"), detail,
+                           {"index": 1, "dtype": np.float32, "shape": np.array([1, 7])})
+    with np.errstate(all="raise"):  # and without a warning on every frame
+        (scores,) = clf.classify(make_image((160, 120)), [make_box(40, 20, 60, 60)])
+    assert scores.probs == pytest.approx(np.asarray(expected, np.float32))

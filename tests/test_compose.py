@@ -410,6 +410,45 @@ def test_decorate_badge_beside_leaves_the_face_visible(comp):
     assert np.any(out[:, box.x + box.w :] != image[:, box.x + box.w :])
 
 
+def _drawn_xywh(out: np.ndarray, image: np.ndarray) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(np.any(out != image, axis=2))
+    return int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)
+
+
+@pytest.mark.parametrize(
+    ("boxes_xywh", "why"),
+    [([(300, 103, 200, 200), (300, 104, 200, 200)], "a face just below the top edge"),
+     ([(1098, 40, 120, 120), (1099, 40, 120, 120)], "a face just left of the right edge")],
+)
+def test_decorate_badge_does_not_jump_round_the_head_when_the_face_jitters(emoji_set, boxes_xywh, why):
+    """A face where the badge only just fits above it (or right of it) moves by
+    a pixel from frame to frame, as detector boxes do: the badge moves with it
+    by at most that pixel (before: it jumped between above and beside the head,
+    ~160 px, on every frame)."""
+    comp = EmojiCompositor.create(EmojiConfig(), PrivacyConfig(), emoji_set)
+    image = make_scene((1280, 720))
+    spots = []
+    for k in range(6):
+        box = make_box(*boxes_xywh[k % 2])
+        spots.append(_drawn_xywh(comp.compose(image, [make_result(box)], "decorate"), image))
+    for a, b in zip(spots, spots[1:], strict=False):
+        assert abs(a[0] - b[0]) <= 1 and abs(a[1] - b[1]) <= 1, (why, spots)
+
+
+def test_decorate_badge_returns_above_the_head_once_there_is_room(emoji_set):
+    comp = EmojiCompositor.create(EmojiConfig(), PrivacyConfig(), emoji_set)
+    image = make_scene((1280, 720))
+    beside = _drawn_xywh(comp.compose(image, [make_result(make_box(300, 60, 200, 200))], "decorate"), image)
+    assert beside[0] >= 500  # no room above: right of the head
+    above = _drawn_xywh(comp.compose(image, [make_result(make_box(300, 200, 200, 200))], "decorate"), image)
+    assert above[1] + above[3] <= 200 and 300 <= above[0] <= 500  # the face moved down: above again
+    jitter = [(300, 103 + k % 2, 200, 200) for k in range(4)]  # the other face never saw room above
+    other = [_drawn_xywh(comp.compose(image, [make_result(make_box(*b), track_id=2)], "decorate"), image)
+             for b in jitter]
+    assert all(x >= 500 for x, *_ in other)
+    assert set(comp._badge_spot) == {2}  # forgotten with the face
+
+
 # ---------------------------------------------------------------- label
 
 
@@ -445,6 +484,28 @@ def test_label_on_a_tiny_frame_does_not_fail(comp):
     out = comp.compose(make_image((40, 30)), _results(make_box(5, 5, 20, 20), make_box(-10, 20, 30, 30)),
                        "label")
     assert out.shape == (30, 40, 3)
+
+
+@pytest.mark.parametrize(
+    ("boxes_xywh", "size_wh", "why"),
+    [([(1000, 300, 160, 160), (1001, 300, 160, 160)], (1280, 720), "chart: right of the box, or left"),
+     ([(500, 22, 160, 160), (500, 23, 160, 160)], (640, 480), "tag: above the box, or inside it")],
+)
+def test_label_does_not_jump_round_the_box_when_the_face_jitters(emoji_set, boxes_xywh, size_wh, why):
+    """A face where the chart only just fits right of the box (or the tag
+    above it) moves by a pixel from frame to frame: what is drawn moves with
+    it by at most that pixel (before: the chart jumped 283 px from one side
+    of the box to the other, or the tag 22 px, on every frame)."""
+    comp = EmojiCompositor.create(EmojiConfig(), PrivacyConfig(), emoji_set)
+    image = make_scene(size_wh)
+    drawn = []
+    for k in range(6):
+        result = make_result(make_box(*boxes_xywh[k % 2]))
+        drawn.append(_drawn_xywh(comp.compose(image, [result], "label"), image))
+    for a, b in zip(drawn, drawn[1:], strict=False):
+        assert all(abs(u - v) <= 1 for u, v in zip(a, b, strict=True)), (why, drawn)
+    comp.compose(image, [], "label")
+    assert not comp._label_spots  # forgotten with the face
 
 
 # ---------------------------------------------------------------- golden images

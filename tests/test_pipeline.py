@@ -135,10 +135,10 @@ def test_classification_is_per_face_and_spread_over_frames():
     assert p.classifier.batches[-1] == 2  # a newcomer does not wait for its turn
 
 
-def test_face_whose_classification_failed_is_tried_again_next_frame():
-    p = make_pipeline(classify_every_n=3)
+def fail_first_classification(p) -> list[int]:
+    """Make ``p``'s classifier raise on its first call; returns the faces per call."""
     real = p.classifier.classify
-    calls = []
+    calls: list[int] = []
 
     def flaky(image, boxes):
         calls.append(len(boxes))
@@ -147,9 +147,31 @@ def test_face_whose_classification_failed_is_tried_again_next_frame():
         return real(image, boxes)
 
     p.classifier.classify = flaky
+    return calls
+
+
+def test_face_whose_classification_failed_is_tried_again_next_frame():
+    p = make_pipeline(classify_every_n=3)
+    calls = fail_first_classification(p)
     p.process(make_frame(index=0))  # fails: the frame is covered, nothing is recorded
     _, results = p.process(make_frame(index=1))
     assert calls == [1, 1] and results[0].raw is not None
+
+
+def test_a_face_whose_first_classification_failed_shows_its_emotion_once_classified():
+    """The classifier fails on a newcomer's first frame and the detector (so
+    the classifier) skips the next: the face then shows no made-up emotion
+    that sticks. Before, the smoother took "no scores" as its first reading,
+    showed the uniform distribution's argmax (angry) and held it for
+    ``min_hold_s`` after the face was read as happy."""
+    p = make_pipeline(detect_every_n=2, mode="decorate")
+    fail_first_classification(p)
+    p.process(make_frame(index=0))  # fails: the track exists, its scores do not
+    _, (unread,) = p.process(make_frame(index=1))  # no detection: not classified
+    assert unread.raw is None and unread.emotion is Emotion.NEUTRAL
+    for i in range(2, 6):
+        _, (result,) = p.process(make_frame(index=i))
+        assert result.emotion is Emotion.HAPPY, i
 
 
 def test_face_not_seen_on_this_frame_is_not_classified():
