@@ -6,8 +6,8 @@ the tray works), or a systemd user unit (``~/.config/systemd/user/
 emojicam.service``, bound to ``graphical-session.target``; the desktop must
 import DISPLAY into the user manager, which GNOME and KDE do).
 macOS: a LaunchAgent (``~/Library/LaunchAgents/org.emojicam.EmojiCam.plist``).
-Windows: not implemented yet; put a shortcut to ``emojicam`` into the
-``shell:startup`` folder.
+Windows: not implemented yet; ``enable`` prints the shortcut to make in the
+``shell:startup`` folder, and ``status`` looks for it there.
 
 All paths derive from ``home`` so tests write into a temporary folder; the
 ``systemctl`` call goes through an injectable ``runner``.
@@ -52,11 +52,19 @@ def plist_path(home: Path | None = None) -> Path:
     return (home or Path.home()) / "Library" / "LaunchAgents" / f"{PLIST_LABEL}.plist"
 
 
+def startup_folder(home: Path | None = None) -> Path:
+    """Windows' per-user ``shell:startup`` folder (under ``%APPDATA%``)."""
+    appdata = os.environ.get("APPDATA") if home is None else None
+    roaming = Path(appdata) if appdata else (home or Path.home()) / "AppData" / "Roaming"
+    return roaming / "Microsoft" / "Windows" / "Start Menu" / "Programs" / "Startup"
+
+
 def command_line(config: Path | None = None) -> list[str]:
     """How to start the daemon: the installed ``emojicam`` script beside this
     interpreter if there is one, else ``python -m emojicam``; with
     ``--config`` (as an absolute path) when one was given."""
-    script = Path(sys.executable).with_name("emojicam")
+    # pip's launcher on Windows is emojicam.exe, in a venv's Scripts folder beside python.exe
+    script = Path(sys.executable).with_name("emojicam.exe" if sys.platform == "win32" else "emojicam")
     if script.exists():
         cmd = [str(script), "run"]
     elif found := shutil.which("emojicam"):
@@ -172,9 +180,12 @@ def enable(
         _write(plist_path(home), launch_agent(cmd))
         return f"wrote {plist_path(home)}; EmojiCam starts at your next login"
     if system != "Linux":
+        # The whole command, quoted as a shortcut's target needs (a path with spaces, the
+        # --config the user asked for): "a shortcut to emojicam" lost both.
         raise EmojiCamError(
-            "autostart is not implemented on Windows yet: press Win+R, type shell:startup, "
-            "and put a shortcut to 'emojicam' there"
+            "autostart is not implemented on Windows yet: press Win+R, type shell:startup, and in "
+            "that folder make a shortcut (right-click, New, Shortcut) with this target: "
+            f"{subprocess.list2cmdline(cmd)}"
         )
     if method == "systemd":
         unit = unit_path(home)
@@ -252,6 +263,16 @@ def disable(*, home: Path | None = None, system: str | None = None, runner: Runn
 
 def status(*, home: Path | None = None, system: str | None = None) -> str:
     system = system or platform.system()
-    paths = [plist_path(home)] if system == "Darwin" else [desktop_path(home), unit_path(home)]
+    if system == "Darwin":
+        paths = [plist_path(home)]
+    elif system == "Linux":
+        paths = [desktop_path(home), unit_path(home)]
+    else:  # the shortcut the user made as 'enable' said (it looked in Linux's folders before)
+        try:
+            paths = sorted(p for p in startup_folder(home).iterdir() if "emojicam" in p.name.lower())
+        except OSError:
+            paths = []
+        if not paths:
+            return f"autostart is not enabled (no EmojiCam shortcut in {startup_folder(home)})"
     found = [str(p) for p in paths if p.is_file()]
     return ("enabled: " + ", ".join(found)) if found else "autostart is not enabled"

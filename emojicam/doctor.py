@@ -532,12 +532,20 @@ def check_camera(p: SystemProbe, emojicam_device: v4l2.VideoDevice | None) -> Ch
     problem = p.camera_probe(src)
     if problem is None:
         return Check("camera", "ok", f"camera {src!r} gives frames")
-    return Check(
-        "camera",
-        "fail",
-        problem,
-        "plug the webcam in, close apps using it, or set camera.source (index or /dev/videoN)",
-    )
+    return Check("camera", "fail", problem, _CAMERA_FIX.get(p.system, _CAMERA_FIX["Linux"]))
+
+
+# Off Linux there is no /dev/videoN, and the OS may simply refuse the camera: OpenCV
+# then fails to open it like a missing one, and only the privacy setting fixes that.
+_CAMERA_FIX = {
+    "Linux": "plug the webcam in, close apps using it, or set camera.source (index or /dev/videoN)",
+    "Darwin": "allow the camera for the app EmojiCam runs from (System Settings > Privacy & Security > "
+    "Camera: your terminal, or Python), plug the webcam in, close apps using it, or set "
+    "camera.source (0, 1, ...)",
+    "Windows": "check Settings > Privacy & security > Camera (camera access, and 'Let desktop apps "
+    "access your camera', must be on), plug the webcam in, close apps using it, or set "
+    "camera.source (0, 1, ...)",
+}
 
 
 def run_checks(p: SystemProbe) -> list[Check]:

@@ -26,15 +26,30 @@ def is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
+def _decode_file(path: Path, flags: int) -> np.ndarray | None:
+    """``cv2.imread``, for any path: on Windows OpenCV opens files by their
+    ANSI name and cannot read one whose path has other characters (a user
+    folder such as ``C:\\Users\\José``); Python reads the bytes instead.
+    None when the bytes are not an image OpenCV decodes."""
+    data = np.fromfile(path, np.uint8)
+    if data.size == 0:
+        return None  # imdecode asserts on an empty buffer
+    image: np.ndarray | None = cv2.imdecode(data, flags)
+    return image
+
+
 def read_image(path: Path) -> np.ndarray:
     if path.is_dir():
         raise InputError(f"{path}: is a folder, not an image")
     if not path.is_file():
         raise InputError(f"{path}: no such file")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    try:
+        image = _decode_file(path, cv2.IMREAD_COLOR)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
+    _refuse_truncated(path)  # first: imdecode gives up on a cut JPEG (imread filled it in grey)
     if image is None:
         raise InputError(f"{path}: not a readable image (PNG, JPEG, BMP, WebP or TIFF)")
-    _refuse_truncated(path)
     return image
 
 
@@ -118,11 +133,17 @@ def process_image(pipeline: Pipeline, src: Path, dst: Path) -> list[FaceResult]:
     check_output(src, dst)
     image, results = pipeline.process(Frame(read_image(src)))
     part = _part_file(dst)
+    # encoded here and written by Python, not cv2.imwrite: see _decode_file
     try:
-        ok = cv2.imwrite(str(part), image)
+        ok, data = cv2.imencode(dst.suffix, image)
     except cv2.error:  # an extension OpenCV has no writer for
         ok = False
-    if not ok or cv2.imread(str(part), cv2.IMREAD_UNCHANGED) is None:  # e.g. the disk is full
+    if ok:
+        try:
+            data.tofile(part)
+        except OSError:
+            ok = False
+    if not ok or _decode_file(part, cv2.IMREAD_UNCHANGED) is None:  # e.g. the disk is full
         part.unlink(missing_ok=True)
         raise InputError(f"{dst}: cannot write an image here (check the folder, the extension and "
                          "free space)")

@@ -322,12 +322,60 @@ def backend_name(pystray: Any) -> str:
     return str(pystray.Icon.__module__).rsplit(".", 1)[-1].lstrip("_")
 
 
-class _IconUpdater:
-    """Keeps the icon picture, tooltip and menu in step with the engine."""
+UiCall = Callable[[Callable[[], None]], None]
 
-    def __init__(self, icon: Any, engine: Any, refresh_s: float | None = None) -> None:
+
+def _at_once(fn: Callable[[], None]) -> None:
+    fn()
+
+
+def main_thread_caller(backend: str) -> UiCall:
+    """How to make a change to the icon from another thread.
+
+    pystray's macOS backend hands icon, tooltip and menu changes straight to
+    AppKit, which allows them on the main thread only (recent macOS kills the
+    process with SIGTRAP in ``-[NSStatusItem setMenu:]``; pystray issue #60).
+    There they are queued to the main thread's run loop, which pystray runs
+    (``PyObjCTools.AppHelper.callAfter``, from PyObjC, which pystray needs
+    there); running Python there each tick also lets the daemon's SIGTERM
+    handler run, which Python runs on the main thread only. The other
+    backends take them from any thread."""
+    if backend != "darwin":
+        return _at_once
+    try:
+        from PyObjCTools import AppHelper
+    except ImportError:  # a PyObjC without it: as before, from the calling thread
+        log.debug("no PyObjCTools.AppHelper; tray changes come from the updater thread")
+        return _at_once
+
+    def call_after(fn: Callable[[], None]) -> None:
+        AppHelper.callAfter(fn)
+
+    return call_after
+
+
+# pystray's win32 backend copies a notification into NOTIFYICONDATAW, whose szInfo holds
+# 255 characters and a NUL: a longer text raises ValueError there, and no balloon shows.
+WIN32_NOTIFY_CHARS = 255
+
+
+def fit_notification(message: str, backend: str) -> str:
+    if backend != "win32" or len(message) <= WIN32_NOTIFY_CHARS:
+        return message
+    return message[: WIN32_NOTIFY_CHARS - 1] + "…"  # the whole message is in the log
+
+
+class _IconUpdater:
+    """Keeps the icon picture, tooltip and menu in step with the engine.
+    Each tick runs through ``on_ui`` (see ``main_thread_caller``)."""
+
+    def __init__(
+        self, icon: Any, engine: Any, refresh_s: float | None = None, on_ui: UiCall = _at_once
+    ) -> None:
         self.icon, self.engine = icon, engine
         self.refresh_s = refresh_s
+        self._on_ui = on_ui
+        self._warned = False
         self._name: str | None = None
         self._icon_set_s = 0.0
         self._title = ""
@@ -358,18 +406,20 @@ class _IconUpdater:
                 self.icon.update_menu()
 
     def run(self) -> None:
-        warned = False
         # The rate is read every turn: an edit of tray.icon_update_hz applies at once.
         while not self.engine.shutdown.wait(1.0 / max(0.1, self.engine.config.tray.icon_update_hz)):
-            try:
-                self.tick()
-            except Exception as exc:  # noqa: BLE001 - the icon must not take the daemon down
-                # The first failure is worth a line in the log (a stuck icon is
-                # otherwise unexplained); the next ones only with --debug.
-                if not warned:
-                    log.warning("tray icon update failed (%s: %s); retrying", type(exc).__name__, exc)
-                    warned = True
-                log.debug("tray update failed", exc_info=True)
+            self._on_ui(self._safe_tick)
+
+    def _safe_tick(self) -> None:
+        try:
+            self.tick()
+        except Exception as exc:  # noqa: BLE001 - the icon must not take the daemon down
+            # The first failure is worth a line in the log (a stuck icon is
+            # otherwise unexplained); the next ones only with --debug.
+            if not self._warned:
+                log.warning("tray icon update failed (%s: %s); retrying", type(exc).__name__, exc)
+                self._warned = True
+            log.debug("tray update failed", exc_info=True)
 
 
 def _xorg_waker(icon: Any, done: threading.Event, period_s: float = 0.25) -> None:
@@ -452,12 +502,13 @@ def run_tray(
     def on_event(kind: str, message: str) -> None:
         if kind == "config-error" and icon.HAS_NOTIFICATION:
             try:
-                icon.notify(message, "EmojiCam: config edit not applied")
+                icon.notify(fit_notification(message, backend), "EmojiCam: config edit not applied")
             except Exception:  # noqa: BLE001
                 log.debug("tray notification failed", exc_info=True)
 
     engine.add_listener(on_event)
-    updater = _IconUpdater(icon, engine, ICON_REFRESH_S if backend == "xorg" else None)
+    on_ui = main_thread_caller(backend)
+    updater = _IconUpdater(icon, engine, ICON_REFRESH_S if backend == "xorg" else None, on_ui)
 
     returned = threading.Event()
     sigint_handler = (
@@ -469,11 +520,20 @@ def run_tray(
             return
         if backend in GLIB_BACKENDS and sigint_handler is not None:
             _restore_sigint(sigint_handler)
+        if backend == "darwin" and sigint_handler is not None:
+            # pystray's loop takes SIGINT to quit the app at once (NSApp terminate:,
+            # no cleanup); the daemon's handler runs at the next tick on the main thread
+            handler = sigint_handler
+
+            def restore() -> None:
+                signal.signal(signal.SIGINT, handler)
+
+            on_ui(restore)
         if backend == "xorg":
             threading.Thread(
                 target=_xorg_waker, args=(icon_, returned), name="emojicam-tray-waker", daemon=True
             ).start()
-        icon_.visible = True
+        on_ui(lambda: setattr(icon_, "visible", True))
         threading.Thread(target=updater.run, name="emojicam-tray-icon", daemon=True).start()
 
     def hard_exit() -> None:

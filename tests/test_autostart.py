@@ -191,3 +191,50 @@ def test_cmd_autostart(tmp_path: Path, capsys) -> None:
     assert (
         commands_daemon.cmd_autostart(argparse.Namespace(action="disable", method="xdg"), home=tmp_path) == 0
     )
+
+
+def test_windows_names_the_whole_shortcut_target(tmp_path: Path) -> None:
+    """It said "put a shortcut to 'emojicam'": the login instance then lost the
+    --config the user enabled it with, and the script's folder was left to guess."""
+    cmd = [r"C:\Users\José Q\emoji cam\.venv\Scripts\emojicam.exe", "run",
+           "--config", r"C:\Users\José Q\my settings.yaml"]
+    with pytest.raises(EmojiCamError) as err:
+        autostart.enable(home=tmp_path, system="Windows", cmd=cmd)
+    assert ('"C:\\Users\\José Q\\emoji cam\\.venv\\Scripts\\emojicam.exe" run '
+            '--config "C:\\Users\\José Q\\my settings.yaml"') in str(err.value)
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_windows_finds_the_emojicam_exe_beside_python(tmp_path: Path, monkeypatch) -> None:
+    scripts = tmp_path / "Scripts"
+    scripts.mkdir()
+    (scripts / "emojicam.exe").write_bytes(b"MZ")
+    monkeypatch.setattr(autostart.sys, "platform", "win32")
+    monkeypatch.setattr(autostart.sys, "executable", str(scripts / "python.exe"))
+    monkeypatch.setattr(autostart.shutil, "which", lambda name: None)  # the venv is not on PATH
+    assert autostart.command_line() == [str(scripts / "emojicam.exe"), "run"]
+
+
+def test_windows_status_looks_in_the_startup_folder(tmp_path: Path, monkeypatch) -> None:
+    """It looked for Linux's ~/.config/autostart entry, so it said "not enabled"
+    beside the very shortcut that 'enable' told the user to make."""
+    monkeypatch.delenv("APPDATA", raising=False)
+    roaming = tmp_path / "AppData" / "Roaming"
+    startup = roaming / "Microsoft" / "Windows" / "Start Menu" / "Programs" / "Startup"
+    assert autostart.startup_folder(tmp_path) == startup
+    assert str(startup) in autostart.status(home=tmp_path, system="Windows")
+    assert "not enabled" in autostart.status(home=tmp_path, system="Windows")
+    startup.mkdir(parents=True)
+    (startup / "desktop.ini").write_text("")
+    (startup / "emojicam.exe - Shortcut.lnk").write_bytes(b"L")
+    assert autostart.status(home=tmp_path, system="Windows") == (
+        f"enabled: {startup / 'emojicam.exe - Shortcut.lnk'}"
+    )
+    monkeypatch.setenv("APPDATA", str(tmp_path / "elsewhere"))
+    assert autostart.startup_folder() == tmp_path / "elsewhere" / startup.relative_to(roaming)
+
+
+def test_macos_launch_agent_escapes_its_arguments(tmp_path: Path) -> None:
+    cmd = ["/Users/zoë/My Apps & Tools/<venv>/bin/emojicam", "run", "--config", "/Users/zoë/a'b\"c.yaml"]
+    autostart.enable(home=tmp_path, system="Darwin", cmd=cmd)
+    assert plistlib.loads(autostart.plist_path(tmp_path).read_bytes())["ProgramArguments"] == cmd

@@ -388,3 +388,31 @@ def test_config_and_debug_go_before_or_after_the_command(argv):
     args = build_parser().parse_args(argv)
     assert args.config == Path("c.yaml") and args.debug is True
     assert build_parser().parse_args([a for a in argv if a != "--debug"]).debug is False
+
+def test_images_under_a_non_ascii_folder_are_read_and_written(tmp_path: Path, monkeypatch) -> None:
+    """OpenCV on Windows opens files by their ANSI name: cv2.imread returns None
+    and cv2.imwrite False for a path such as C:\\Users\\José\\photo.jpg (the
+    user's own folder), so 'emojicam process' called a good photo unreadable."""
+    from emojicam import files
+    from tests.factories import make_fake_pipeline
+
+    real_imread, real_imwrite = cv2.imread, cv2.imwrite
+
+    def ansi_only(real, failed):
+        def call(path, *args):
+            return failed if not str(path).isascii() else real(path, *args)
+        return call
+
+    monkeypatch.setattr(cv2, "imread", ansi_only(real_imread, None))
+    monkeypatch.setattr(cv2, "imwrite", ansi_only(real_imwrite, False))
+    folder = tmp_path / "José"
+    folder.mkdir()
+    src = folder / "photo.png"
+    assert real_imwrite(str(src), np.full((48, 64, 3), 90, np.uint8))
+    assert files.read_image(src).shape == (48, 64, 3)
+    files.process_image(make_fake_pipeline(), src, folder / "out.JPG")
+    assert real_imread(str(folder / "out.JPG")).shape == (48, 64, 3)
+    assert sorted(p.name for p in folder.iterdir()) == ["out.JPG", "photo.png"]
+    (folder / "empty.png").write_bytes(b"")
+    with pytest.raises(files.InputError, match="not a readable image"):
+        files.read_image(folder / "empty.png")

@@ -231,6 +231,20 @@ def test_other_platforms_skip_linux_checks(tmp_path: Path) -> None:
     assert doctor.all_ok(checks)
 
 
+@pytest.mark.parametrize(("system", "setting"), [("Windows", "Let desktop apps access your camera"),
+                                               ("Darwin", "Privacy & Security > Camera")])
+def test_camera_advice_off_linux_fits_that_os(tmp_path: Path, system: str, setting: str) -> None:
+    """Windows and macOS users were told to use /dev/videoN, and never that the
+    OS's camera privacy switch (the usual cause there) refuses the camera."""
+    checks = doctor.run_checks(healthy(tmp_path, system=system,
+                                       camera_probe=lambda s: "cannot open camera 0"))
+    camera = by_name(checks)["camera"]
+    assert camera.status == "fail" and setting in camera.fix and "camera.source" in camera.fix
+    report = doctor.format_report(checks)
+    for linux_only in ("/dev/video", "modprobe", "v4l2loopback", "'video' group", "sudo"):
+        assert linux_only not in report
+
+
 def test_emoji_folder_check(tmp_path: Path) -> None:
     from emojicam.types import Emotion
 

@@ -7,11 +7,15 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import queue
+import signal
 import sys
 import threading
 import time
+import types
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -470,3 +474,140 @@ def test_a_loop_that_fails_to_start_leaves_no_thread_behind(dummy_pystray, monke
         for icon in made:  # without the fix: release the thread, so that pytest can exit
             if icon._setup_thread.is_alive():
                 icon._mark_ready()
+
+
+class LoopIcon:
+    """A pystray backend with a loop, as far as run_tray uses one: ``run``
+    starts ``setup`` on its own thread (as pystray does), then runs what
+    ``PyObjCTools.AppHelper.callAfter`` queued, on this thread, until ``stop``.
+    Every change to the icon is recorded with the thread that made it."""
+
+    HAS_MENU = True
+    HAS_NOTIFICATION = True
+    queued: Any = None  # the callAfter queue, when the test fakes PyObjC
+
+    def __init__(self, name, icon=None, title=None, menu=None) -> None:
+        object.__setattr__(self, "changes", [])
+        object.__setattr__(self, "notes", [])
+        object.__setattr__(self, "stopped", threading.Event())
+        self.icon, self.title, self.menu, self.visible = icon, title, menu, False
+
+    def __setattr__(self, name, value) -> None:
+        self.changes.append((name, threading.current_thread()))
+        object.__setattr__(self, name, value)
+
+    def update_menu(self) -> None:
+        self.changes.append(("menu", threading.current_thread()))
+
+    def notify(self, message, title=None) -> None:
+        self.notes.append((message, title))
+
+    def run(self, setup) -> None:
+        threading.Thread(target=setup, args=(self,), daemon=True).start()
+        while not self.stopped.is_set():
+            try:
+                self.queued.get(timeout=0.02)()
+            except (queue.Empty, AttributeError):
+                continue
+        object.__setattr__(self, "sigint_at_exit", signal.getsignal(signal.SIGINT))
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def loop_backend(monkeypatch, dummy_pystray, module: str):
+    made: list[LoopIcon] = []
+
+    class Icon(LoopIcon):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    Icon.__module__ = module  # what backend_name reads
+    monkeypatch.setattr(dummy_pystray, "Icon", Icon)
+    return Icon, made
+
+
+def test_macos_icon_changes_happen_on_the_main_thread(dummy_pystray, monkeypatch) -> None:
+    """pystray's macOS backend passes icon, tooltip and menu changes straight to
+    AppKit, which takes them on the main thread only (-[NSStatusItem setMenu:]
+    from another thread: SIGTRAP); the updater thread made them every tick."""
+    Icon, made = loop_backend(monkeypatch, dummy_pystray, "pystray._darwin")
+    Icon.queued = queue.Queue()
+    apphelper = types.ModuleType("PyObjCTools.AppHelper")
+    apphelper.callAfter = lambda fn, *args: Icon.queued.put(lambda: fn(*args))  # type: ignore[attr-defined]
+    pyobjctools = types.ModuleType("PyObjCTools")
+    pyobjctools.AppHelper = apphelper  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "PyObjCTools", pyobjctools)
+    monkeypatch.setitem(sys.modules, "PyObjCTools.AppHelper", apphelper)
+    engine = RunnableEngine(status())
+    engine.config = Config(tray=TrayConfig(icon_update_hz=30))
+    main = threading.current_thread()
+
+    def daemon_sigint(signum, frame) -> None:
+        pass
+
+    def user() -> None:
+        wait_for(lambda: made and any(what == "visible" for what, _ in made[0].changes), timeout_s=5)
+        for st in (status(dominant="sad", fps=12.0), status(state="paused"), status(mode="label")):
+            engine.st = st
+            time.sleep(0.15)
+        engine.shutdown.set()
+
+    previous = signal.signal(signal.SIGINT, daemon_sigint)
+    try:
+        driver = threading.Thread(target=user, daemon=True)
+        driver.start()
+        assert tray.run_tray(engine, exit_timeout_s=5) is True
+        driver.join(5)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    (icon,) = made
+    kinds = {what for what, _ in icon.changes}
+    assert {"icon", "title", "menu", "visible"} <= kinds
+    elsewhere = [(what, t.name) for what, t in icon.changes if t is not main]
+    assert elsewhere == []
+    assert icon.sigint_at_exit is daemon_sigint  # Ctrl-C stops the daemon cleanly
+
+
+@pytest.mark.parametrize("backend", ["win32", "xorg"])
+def test_a_long_config_error_still_makes_a_notification(
+    dummy_pystray, monkeypatch, tmp_path, backend
+) -> None:
+    """pystray's win32 backend copies the text into NOTIFYICONDATAW.szInfo (256
+    WCHARs with the NUL): a longer one raised ValueError, and the user saw no
+    notification for exactly the errors with the most to say."""
+    import ctypes
+
+    class Balloon(ctypes.Structure):  # the two fields of NOTIFYICONDATAW that notify fills
+        _fields_ = [("szInfo", ctypes.c_wchar * 256), ("szInfoTitle", ctypes.c_wchar * 64)]
+
+    Icon, made = loop_backend(monkeypatch, dummy_pystray, f"pystray._{backend}")
+    Icon.notify = lambda self, message, title=None: self.notes.append(  # type: ignore[method-assign]
+        Balloon(szInfo=message, szInfoTitle=title).szInfo if backend == "win32" else message
+    )
+    (tmp_path / "config.yaml").write_text("detector:\n  discovery_every_n_frame: 8\n")  # one letter off
+    from emojicam.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "config.yaml", use_user_file=False)
+    windows_file = r"C:\Users\Jane Doe\AppData\Local\emojicam\config.yaml"
+    message = windows_file + str(err.value).split("config.yaml", 1)[1]
+    assert len(message) > 255
+    engine = RunnableEngine(status())
+
+    def user() -> None:
+        wait_for(lambda: engine.listeners and made and made[0].changes, timeout_s=5)
+        for listener in engine.listeners:
+            listener("config-error", message)
+        engine.shutdown.set()
+
+    driver = threading.Thread(target=user, daemon=True)
+    driver.start()
+    assert tray.run_tray(engine, exit_timeout_s=5) is True
+    driver.join(5)
+    ((shown),) = made[0].notes
+    if backend == "win32":
+        assert len(shown) <= 255 and shown.endswith("…") and shown.startswith(message[:200])
+    else:
+        assert shown == message  # the other backends show it whole
