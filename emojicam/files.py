@@ -13,12 +13,15 @@ import numpy as np
 
 from emojicam.errors import InputError
 from emojicam.pipeline import Pipeline
+from emojicam.sources import plausible_fps
 from emojicam.types import FaceResult, Frame
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".webp", ".tif", ".tiff",
                   ".pbm", ".pgm", ".ppm", ".pnm"}
+#: Frame rate taken for a video whose header gives none (or an implausible one).
+DEFAULT_FPS = 30.0
 _FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 
 
@@ -86,11 +89,13 @@ def open_video(path: Path) -> tuple[cv2.VideoCapture, VideoInfo]:
     cap.release()  # opened again rather than rewound: an image source cannot seek
     cap = cv2.VideoCapture(str(path))
     fps = cap.get(cv2.CAP_PROP_FPS)
-    info = VideoInfo(
-        int(cap.get(cv2.CAP_PROP_FRAME_COUNT)),
-        fps if fps and fps > 0 else 30.0,
-        (first.shape[1], first.shape[0]),
-    )
+    # Frame times (smoothing, how long a lost face is held) and the output's rate come
+    # from it: a claimed 1000 fps would freeze both and play the output 33 times too fast.
+    info = VideoInfo(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), plausible_fps(fps, DEFAULT_FPS),
+                     (first.shape[1], first.shape[0]))
+    if info.fps != fps:
+        log.warning("%s: its frame rate (%s fps) is missing or implausible; taking %g fps", path,
+                    f"{fps:g}", DEFAULT_FPS)
     return cap, info
 
 

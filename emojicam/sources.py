@@ -32,6 +32,16 @@ from emojicam.types import Frame
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: Frame rates a video file's header may plausibly claim. Outside it (0, NaN,
+#: or the 1000 fps OpenCV reports for a variable-rate WebM from a browser)
+#: the rate is unknown, and a fallback is used.
+PLAUSIBLE_FPS = (1.0, 240.0)
+
+
+def plausible_fps(fps: float, fallback: float) -> float:
+    """``fps`` when it lies in ``PLAUSIBLE_FPS``, else ``fallback``."""
+    return fps if PLAUSIBLE_FPS[0] <= fps <= PLAUSIBLE_FPS[1] else fallback
 Clock = Callable[[], float]
 
 
@@ -208,8 +218,8 @@ class OpenCVSource:
             what = "cannot be decoded" if self.is_file else "is missing or busy (another app may be using it)"
             raise SourceError(f"{self.description} {what}")
         if self.is_file:
-            fps = cap.get(cv2.CAP_PROP_FPS)
-            self._pacer = Pacer(fps if 1 <= fps <= 240 else self.cfg.fps, self._clock, self._sleep)
+            fps = plausible_fps(cap.get(cv2.CAP_PROP_FPS), self.cfg.fps)
+            self._pacer = Pacer(fps, self._clock, self._sleep)
         else:
             if self.cfg.mjpg:  # before the size: many cameras need MJPG for 720p30
                 cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter.fourcc(*"MJPG"))

@@ -416,3 +416,25 @@ def test_images_under_a_non_ascii_folder_are_read_and_written(tmp_path: Path, mo
     (folder / "empty.png").write_bytes(b"")
     with pytest.raises(files.InputError, match="not a readable image"):
         files.read_image(folder / "empty.png")
+
+
+@pytest.mark.parametrize("claimed_fps", [1000.0, 0.5])
+def test_a_video_claiming_an_implausible_frame_rate_is_taken_at_30_fps(
+        tmp_path: Path, caplog, claimed_fps) -> None:
+    """OpenCV reports 1000 fps for a variable-rate WebM (a browser's recording):
+    taken as is, 'process' froze the smoothing and the hold of a lost face (a
+    second of video was 1 ms) and wrote an output that played 33 times too fast."""
+    from emojicam import files
+    from tests.factories import make_fake_pipeline, write_test_video
+
+    src = write_test_video(tmp_path / "in.avi", n_frames=4, fps=claimed_fps)
+    cap, info = files.open_video(src)
+    stamps = [f.timestamp_s for f in files.video_frames(cap, info.fps)]
+    cap.release()
+    assert info.fps == 30.0 and stamps == pytest.approx([0, 1 / 30, 2 / 30, 3 / 30])
+    assert "implausible; taking 30 fps" in caplog.text
+    dst = tmp_path / "out.avi"
+    assert files.process_video(make_fake_pipeline(), src, dst, progress=False) == 4
+    out = cv2.VideoCapture(str(dst))
+    assert out.get(cv2.CAP_PROP_FPS) == pytest.approx(30.0)
+    out.release()
