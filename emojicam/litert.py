@@ -60,9 +60,19 @@ def quiet_native_stderr() -> Iterator[None]:
 
 def open_interpreter(path: Path, threads: int) -> Any:
     """An allocated interpreter for ``path``. Raises ``ValueError`` or
-    ``RuntimeError`` from the runtime for a file that is not a valid model."""
+    ``RuntimeError`` from the runtime for a file that is not a valid model,
+    ``SetupError`` for one that cannot be read.
+
+    The runtime gets the file's bytes, not its name: on Windows it would open
+    the name with the ANSI C library, which cannot open a path such as
+    ``C:\\Users\\José\\AppData\\...`` (where the detector models live)."""
     Interpreter = load_interpreter_class()
+    try:
+        content = Path(path).read_bytes()
+    except OSError as exc:
+        raise SetupError(f"{path}: cannot read it ({exc.strerror or exc}); check the file and its "
+                         "permissions") from exc
     with quiet_native_stderr():
-        interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        interpreter = Interpreter(model_content=content, num_threads=threads)
         interpreter.allocate_tensors()
     return interpreter

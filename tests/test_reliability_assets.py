@@ -130,6 +130,42 @@ def test_bad_model_is_a_setup_error_naming_file_and_fix(tmp_path, fault):
         build_pipeline(with_model(make(tmp_path)))
 
 
+def test_models_under_a_non_ascii_folder_load(tmp_path, monkeypatch):
+    """On Windows the runtime opens a model by name with the ANSI C library and
+    cannot open one under C:\\Users\\José (the detector models live under the
+    user's folder): the models are handed to it as bytes instead. Here the
+    runtime is made to refuse such names, as there."""
+    from emojicam import litert
+
+    real = litert.load_interpreter_class()
+
+    def ansi_only(*args, model_path=None, **kwargs):
+        if model_path is not None and not model_path.isascii():
+            raise ValueError(f"Could not open '{model_path}'.")
+        return real(*args, model_path=model_path, **kwargs)
+
+    monkeypatch.setattr(litert, "load_interpreter_class", lambda: ansi_only)
+    (tmp_path / "José").mkdir()
+    path = model_pair(tmp_path / "José", "emotion", MODEL.read_bytes(), GOOD_LABELS)
+    pipeline = build_pipeline(with_model(path))
+    _, results = pipeline.process(Frame(make_scene((320, 240))))
+    assert isinstance(results, list)
+
+
+def test_a_model_that_cannot_be_read_is_a_setup_error(tmp_path, monkeypatch):
+    path = model_pair(tmp_path, "locked", MODEL.read_bytes(), GOOD_LABELS)
+    real_read = Path.read_bytes
+
+    def refuse(self: Path) -> bytes:  # as chmod 0 would (the tests may run as root, who reads anyway)
+        if self.name == "locked.tflite":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read(self)
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    with pytest.raises(SetupError, match=r"locked\.tflite: cannot read it .*permissions"):
+        build_pipeline(with_model(path))
+
+
 def test_labels_file_that_is_not_text_is_a_setup_error(tmp_path):
     path = model_pair(tmp_path, "bin", MODEL.read_bytes(), b"\xff\xfe\x00\x81 not text")
     with pytest.raises(SetupError, match=r"bin\.labels\.txt"):
