@@ -12,10 +12,10 @@ blurred or blanked) counts as covered, and is reported on its own.
 misses would never count. So:
 
 * On real video (the selfie clip), an independent *reference* looks at every
-  original frame: BlazeFace, both models on every frame (the pipeline's
-  detector runs them on a schedule), at a looser score threshold (0.3
-  against the pipeline's 0.5); and OpenCV's Haar cascade at full resolution
-  (the pipeline's Haar runs on a 480 px copy). A reference box is a face
+  original frame: BlazeFace, both models on every frame from score 0.3 (as
+  replace mode's privacy-first detection does; the other modes run them on a
+  schedule from 0.5), on the original frame; and OpenCV's Haar cascade at full
+  resolution (the pipeline's Haar runs on a 480 px copy). A reference box is a face
   region. Haar finds some false faces in foliage and clouds; ``--sheet``
   draws every leaking frame, so each can be checked by eye.
 * On synthetic motion, the face region is known exactly: a real face (the

@@ -46,7 +46,9 @@ def register(subparsers: Any) -> None:
         "ms/frame (median, p90), fps, CPU ms/frame, faces/frame and peak RSS.",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--source", type=Path, metavar="PATH", help="video file to read frames (and faces) from")
+    p.add_argument(
+        "--source", type=Path, metavar="PATH", help="video (or image) to read frames (and faces) from"
+    )
     p.add_argument(
         "--size",
         type=parse_size,
