@@ -82,3 +82,102 @@ def test_real_split_sizes(fer_npz):
     assert sizes == {"train": 28709, "public": 3589, "private": 3589}
     private = load_fer(fer_npz, "private")
     assert np.bincount(private.labels, minlength=7).tolist() == [491, 55, 528, 879, 594, 416, 626]
+
+
+def _csv(path, rows, header="emotion,pixels,Usage"):
+    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    return path
+
+
+def _row(label=0, usage="Training", pixels=None):
+    pixels = [7] * 2304 if pixels is None else pixels
+    return f"{label},{' '.join(map(str, pixels))},{usage}"
+
+
+@pytest.mark.parametrize("bad_row, why", [
+    (_row(3)[:2000], r"line 3: \d+ pixel values, expected 2304"),  # a truncated download
+    (_row(pixels=[7] * 1024), "line 3: 1024 pixel values"),  # was upscaled to 48x48 silently
+    (_row(usage="Test"), "line 3: Usage 'Test', expected one of Training, PublicTest, PrivateTest"),
+    (_row(label=9), "line 3: emotion 9, expected 0 to 6"),  # was accepted, and broke training later
+    (_row(pixels=[7] * 2303 + [300]), "line 3: a pixel value outside 0..255"),
+])
+def test_a_damaged_csv_row_is_named_with_its_line_and_the_fix(tmp_path, bad_row, why):
+    from train.data import FerDataError
+
+    data = _csv(tmp_path / "fer2013.csv", [_row(), bad_row])
+    with pytest.raises(FerDataError, match=why) as err:
+        load_fer(data, "train")
+    assert "download it again, or pass --data with fer2013.npz" in str(err.value)
+
+
+def test_a_csv_that_is_not_fer2013_says_which_columns_it_expected(tmp_path):
+    from train.data import FerDataError
+
+    votes = _csv(tmp_path / "fer2013new.csv", ["Training,fer0000000.png,4,0,0,0,6,0,0,0,0,0"],
+                 header="Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,"
+                 "contempt,unknown,NF")
+    with pytest.raises(FerDataError, match="expected the columns emotion, pixels, Usage.*--ferplus"):
+        load_fer(votes, "train")
+    with pytest.raises(FerDataError, match="no rows"):
+        load_fer(_csv(tmp_path / "header-only.csv", []), "train")
+
+
+def test_a_csv_saved_by_a_spreadsheet_with_a_byte_order_mark_loads(tmp_path):
+    path = tmp_path / "fer2013.csv"
+    path.write_text("\ufeffemotion,pixels,Usage\r\n" + _row(4) + "\r\n", encoding="utf-8")
+    assert load_fer(path, "train").labels.tolist() == [4]
+
+
+def test_an_npz_that_is_not_fer2013_says_what_to_pass(tmp_path):
+    from train.data import FerDataError
+
+    np.savez(tmp_path / "ferplus_votes.npz", ferplus_votes=np.zeros((3, 10), np.uint8),
+             usage=np.zeros(3, np.uint8))
+    with pytest.raises(FerDataError, match="no images, labels array in it.*pass --data"):
+        load_fer(tmp_path / "ferplus_votes.npz", "train")
+    (tmp_path / "notes.npz").write_text("not an archive")
+    with pytest.raises(FerDataError, match="not a NumPy .npz archive; pass --data"):
+        load_fer(tmp_path / "notes.npz", "train")
+    with pytest.raises(FerDataError, match="is a folder; pass --data with the fer2013.npz"):
+        load_fer(tmp_path, "train")
+
+
+def _tiny_npz(path, usage):
+    n = len(usage)
+    np.savez(path, images=np.zeros((n, 48, 48), np.uint8), labels=np.arange(n, dtype=np.uint8) % 7,
+             usage=np.array(usage, np.uint8))
+    return path
+
+
+def test_ferplus_votes_in_another_row_order_are_refused(tmp_path):
+    """The votes are matched to the images by row number only: a file with the right
+    row count in another order gave every image someone else's votes, silently."""
+    from train.data import FerDataError
+
+    data = _tiny_npz(tmp_path / "fer.npz", [0, 0, 1, 2])
+    votes = np.eye(10, dtype=np.uint8)[[0, 1, 2, 3]] * 10
+    np.savez(tmp_path / "aligned.npz", ferplus_votes=votes, usage=np.array([0, 0, 1, 2], np.uint8))
+    assert load_fer(data, "train", ferplus_votes=tmp_path / "aligned.npz").soft.shape == (2, 7)
+    np.savez(tmp_path / "shuffled.npz", ferplus_votes=votes, usage=np.array([0, 1, 0, 2], np.uint8))
+    with pytest.raises(FerDataError, match="row 1 is in another split"):
+        load_fer(data, "train", ferplus_votes=tmp_path / "shuffled.npz")
+    with pytest.raises(FileNotFoundError, match="pass --ferplus"):
+        load_fer(data, "train", ferplus_votes=tmp_path / "missing.npz")
+
+
+def test_the_csv_is_parsed_once_for_several_splits_until_it_changes(tmp_path, monkeypatch):
+    """fit reads two splits, export and eval three (with also_in_training): each
+    parsed the whole 287 MB fer2013.csv again, tens of seconds apiece."""
+    import train.data
+
+    path = _csv(tmp_path / "fer2013.csv", [_row(1), _row(2, "PublicTest"), _row(3, "PrivateTest")])
+    parsed = []
+    real = train.data._load_csv
+    monkeypatch.setattr(train.data, "_load_csv", lambda p: parsed.append(p) or real(p))
+    assert [load_fer(path, s).labels.tolist() for s in ("train", "public", "private")] == [[1], [2], [3]]
+    also_in_training(path, "private")
+    assert len(parsed) == 1
+    load_fer(path, "train").images[:] = 0  # callers get their own copy
+    assert load_fer(path, "train").images.max() == 7
+    _csv(path, [_row(4), _row(5)])  # rewritten: read again
+    assert load_fer(path, "train").labels.tolist() == [4, 5] and len(parsed) == 2

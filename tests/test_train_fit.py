@@ -174,3 +174,40 @@ def test_numpy_batches_for_backends_without_tf_data_cover_the_data_and_reshuffle
     val = _numpy_batches(x, y, None)
     seen = np.concatenate([val[i][0][:, 0, 0, 0] for i in range(len(val))])
     np.testing.assert_array_equal(seen, np.arange(300))  # every image once, in order, unchanged
+
+
+def test_init_from_a_run_without_best_weights_stops_before_loading_anything(tmp_path):
+    """It ended, after loading the data and building the net, in h5py's 'Unable to
+    synchronously open file'."""
+    from train.fit import fit
+
+    source = tmp_path / "deep-a"
+    source.mkdir()
+    with pytest.raises(SystemExit, match=r"--init-from: .*best.weights.h5 not found \(has run 'deep-a' "
+                       "finished an epoch"):
+        fit(tmp_path / "fer2013.npz", tmp_path / "run", Recipe(), init_from=source / "best.weights.h5")
+    with pytest.raises(SystemExit, match=r"--init-from: .*emotion.tflite not found$"):
+        fit(tmp_path / "fer2013.npz", tmp_path / "run", Recipe(), init_from=tmp_path / "emotion.tflite")
+
+
+def test_qat_into_a_fit_run_or_with_other_options_is_refused(tmp_path):
+    """qat rewrote the run.json of whatever folder --run named, and resumed its
+    backup and log under other options."""
+    import json
+
+    from train.qat import qat_run
+
+    fit_run = _run_with_arch(tmp_path, "deep")
+    with pytest.raises(SystemExit, match="made by 'python -m train fit', not a QAT run"):
+        qat_run(tmp_path / "deep-a", tmp_path / "fer2013.npz", fit_run)
+    assert json.loads((fit_run / "run.json").read_text()) == {"recipe": {"arch": "deep"}}
+
+    qat = tmp_path / "deep-a-qat1"
+    qat.mkdir()
+    (qat / "run.json").write_text(json.dumps({"recipe": {}, "qat": {
+        "from": str(tmp_path / "deep-a" / "best.weights.h5"), "epochs": 1, "lr": 3e-4, "ranges": {}}}))
+    with pytest.raises(SystemExit, match="use the same options to resume"):
+        qat_run(tmp_path / "deep-a", tmp_path / "fer2013.npz", qat, epochs=2, lr=3e-4)
+    from train.qat import _refuse_other_run
+
+    _refuse_other_run(qat, tmp_path / "deep-a", 1, 3e-4)  # the same options: it resumes

@@ -22,6 +22,12 @@ import logging
 import os
 from pathlib import Path
 
+from emojicam.errors import EmojiCamError
+from train.data import FerDataError
+
+# What ``pip install '.[train]'`` adds (and Keras and h5py, which TensorFlow brings).
+_TRAIN_EXTRA = {"tensorflow", "keras", "h5py", "matplotlib", "tqdm"}
+
 DEFAULT_RUNS = Path(os.environ.get("EMOJICAM_TRAIN_DIR", Path.home() / ".cache" / "emojicam-train"))
 
 
@@ -100,6 +106,21 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        _dispatch(args)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in _TRAIN_EXTRA:
+            raise
+        raise SystemExit(f"python -m train {args.cmd}: {exc.name} is not installed; install the "
+                         "training extra with: pip install '.[train]'") from None
+    except (FileNotFoundError, FerDataError, EmojiCamError) as exc:
+        # A wrong path or file: the message names it and the fix; a traceback adds nothing.
+        raise SystemExit(f"python -m train {args.cmd}: {exc}") from None
+    return 0
+
+
+def _dispatch(args: argparse.Namespace) -> None:
+    from train.fit import PRESETS, Recipe
 
     if args.cmd == "fit":
         from train.fit import fit, warm_start_arch
@@ -139,7 +160,6 @@ def main(argv: list[str] | None = None) -> int:
         from train.evaluate import plot_curves
 
         plot_curves(_run_dir(args.run), args.output)
-    return 0
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ def evaluate(model: Path, data: Path, split: str, confusion_png: Path | None,
              json_out: Path | None = None) -> dict:
     from train.export import tflite_predict
 
+    if not model.is_file():
+        raise SystemExit(f"{model}: no such model; pass --model with an exported .tflite "
+                         "('python -m train export' writes models/emotion.tflite)")
     s = load_fer(data, split)
     probs = tflite_predict(model, s.images[..., None].astype(np.float32))
     pred = probs.argmax(1)
@@ -78,12 +81,16 @@ def plot_confusion(cm: np.ndarray, path: Path, title: str) -> None:
 
 
 def plot_curves(run_dir: Path, path: Path) -> None:
+    log_csv = run_dir / "log.csv"
+    if not log_csv.is_file():
+        raise SystemExit(f"{log_csv} not found: is {run_dir.name!r} the name of a run made by "
+                         "'python -m train fit'?")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with (run_dir / "log.csv").open() as f:
+    with log_csv.open() as f:
         rows = list(csv.DictReader(f))
     if not rows:
         raise SystemExit(f"{run_dir / 'log.csv'}: no epochs logged yet")

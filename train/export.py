@@ -36,6 +36,11 @@ def load_float_model(run_dir: Path, weights: str = "best.weights.h5", flip_avera
 
     keras.mixed_precision.set_global_policy("float32")
     manifest = read_manifest(run_dir)
+    if not (run_dir / weights).is_file():
+        raise SystemExit(
+            f"{run_dir / weights} not found: run {run_dir.name!r} has not finished an epoch yet"
+            + ("" if weights == "last.weights.h5" else " (or pass --weights with another file in it)")
+        )
     if "qat" in manifest:
         from train.qat import load_qat_model
 
@@ -94,6 +99,12 @@ def tflite_predict(model_path: Path, x: np.ndarray, batch: int = 256) -> np.ndar
 def export(run_dir: Path, data: Path, out_dir: Path, weights: str = "best.weights.h5",
            representative_images: int = REPRESENTATIVE_IMAGES,
            min_agreement: float = MIN_AGREEMENT) -> dict:
+    """Write ``out_dir/emotion.tflite`` and its labels file, if the parity check passes."""
+    if out_dir.suffix == ".tflite":
+        # Checked first: the conversion takes minutes, and this would end it in a
+        # folder named emotion.tflite (or a FileExistsError beside the shipped file).
+        raise SystemExit(f"--out {out_dir}: --out is the folder that receives emotion.tflite and "
+                         f"emotion.labels.txt; pass --out {out_dir.parent}")
     model = load_float_model(run_dir, weights)
     train = load_fer(data, "train")
     representative_images = min(representative_images, len(train.images))

@@ -149,6 +149,10 @@ def fit(
 ) -> Path:
     """Train (or resume) a run. Returns the path of the best weights."""
     refuse_finished(run_dir)
+    if init_from is not None and not init_from.is_file():
+        raise SystemExit(f"--init-from: {init_from} not found"
+                         + ("" if init_from.suffix == ".tflite" else
+                            f" (has run {init_from.parent.name!r} finished an epoch?)"))
     if recipe.teacher_mix > 0 and teacher is None:
         raise SystemExit("--teacher-mix needs --teacher FILE (made by 'python -m train teach')")
     if recipe.ferplus_mix > 0 and ferplus_votes is None:

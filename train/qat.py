@@ -185,6 +185,7 @@ def qat_run(source_run: Path, data: Path, out_run: Path, *, epochs: int = 2, lr:
     )
 
     refuse_finished(out_run)
+    _refuse_other_run(out_run, source_run, epochs, lr)
     import keras
 
     from train.export import load_float_model
@@ -227,6 +228,25 @@ def qat_run(source_run: Path, data: Path, out_run: Path, *, epochs: int = 2, lr:
               callbacks=run_callbacks(out_run))
     (out_run / "DONE").write_text("qat\n")
     return out_run / "best.weights.h5"
+
+
+def _refuse_other_run(out_run: Path, source_run: Path, epochs: int, lr: float) -> None:
+    """Stop unless ``out_run`` is new or an interrupted QAT run of the same
+    source and options (which then resumes): its ``run.json`` is rewritten, and
+    its log and backup would carry on under another run's recipe."""
+    from train.fit import read_manifest
+
+    if not (out_run / "run.json").is_file():
+        return
+    saved = read_manifest(out_run).get("qat")
+    if saved is None:
+        raise SystemExit(f"{out_run} holds a run made by 'python -m train fit', not a QAT run; "
+                         "give --run a new name")
+    asked = {"from": str(source_run / "best.weights.h5"), "epochs": epochs, "lr": lr}
+    was = {k: saved.get(k) for k in asked}
+    if was != asked:
+        raise SystemExit(f"{out_run / 'run.json'}: this QAT run was started with {was}, now asked "
+                         f"{asked}; use the same options to resume, or a new --run name")
 
 
 def load_qat_model(run_dir: Path, weights: str = "best.weights.h5"):
