@@ -154,13 +154,19 @@ def test_random_crop_cuts_each_image_of_a_batch_at_its_own_place():
     assert len(set(offsets)) > 10  # not one place for the whole batch
 
 
+def numbered_images(n: int = 300):
+    """Images whose every pixel is their index (a crop keeps it), their labels
+    (index mod 7), and a recipe without value-changing augmentation."""
+    x = np.arange(n, dtype=np.float32).reshape(n, 1, 1, 1) * np.ones((1, 48, 48, 1), np.float32)
+    y = np.eye(7, dtype=np.float32)[np.arange(n) % 7]
+    return x, y, Recipe(batch_size=64, rotate_deg=0.0, zoom=0.0, erase_prob=0.0, mixup=0.0, seed=3)
+
+
 def test_numpy_batches_for_backends_without_tf_data_cover_the_data_and_reshuffle():
     pytest.importorskip("keras", reason="the batches are a keras.utils.PyDataset; install the 'train' extra")
     from train.fit import _numpy_batches
 
-    x = np.arange(300, dtype=np.float32).reshape(300, 1, 1, 1) * np.ones((1, 48, 48, 1), np.float32)
-    y = np.eye(7, dtype=np.float32)[np.arange(300) % 7]
-    recipe = Recipe(batch_size=64, rotate_deg=0.0, zoom=0.0, erase_prob=0.0, mixup=0.0, seed=3)
+    x, y, recipe = numbered_images()
     train = _numpy_batches(x, y, recipe)
     assert len(train) == 4  # 300 // 64 whole batches
     xb, yb = train[0]
@@ -211,3 +217,50 @@ def test_qat_into_a_fit_run_or_with_other_options_is_refused(tmp_path):
     from train.qat import _refuse_other_run
 
     _refuse_other_run(qat, tmp_path / "deep-a", 1, 3e-4)  # the same options: it resumes
+
+
+def test_a_resumed_run_starts_a_new_data_stream_where_the_backup_left_off(tmp_path):
+    """Keras restores weights, optimizer and epoch count, not the random state:
+    re-seeded alike, the epochs after a resume replayed epoch 0's order and
+    augmentations. The epoch comes from BackupAndRestore's record."""
+    from train.fit import resumed_epoch, stream_seed
+
+    assert resumed_epoch(tmp_path) == 0  # a new run
+    (tmp_path / "backup").mkdir()
+    (tmp_path / "backup" / "training_metadata.json").write_text('{"epoch": 3, "batch": 0}')
+    assert resumed_epoch(tmp_path) == 3
+    assert stream_seed(1337, 0) == 1337  # a run that was never stopped is as before
+    assert len({stream_seed(1337, e) for e in range(0, 200)}) == 200
+    assert all(stream_seed(1337, e) < 2**32 for e in range(200))  # numpy's seed range
+
+
+def test_tf_data_after_a_resume_is_not_epoch_0_again():
+    tf = pytest.importorskip("tensorflow", reason="the pipeline is tf.data; install the 'train' extra")
+    from train.fit import datasets
+
+    n = 256
+    x = np.zeros((n, 48, 48, 1), np.float32)
+    ids = np.eye(n, dtype=np.float32)  # the targets carry each image's index
+    recipe = Recipe(batch_size=64, mixup=0.0, seed=5)
+
+    def first_batch(first_epoch: int) -> list[int]:
+        tf.keras.utils.set_random_seed(1)
+        ds, _ = datasets(x, ids, x[:8], ids[:8], recipe, first_epoch)
+        _, yb = next(iter(ds))
+        return [int(i) for i in np.argmax(yb.numpy(), axis=1)]
+
+    assert first_batch(0) == first_batch(0)  # reproducible
+    assert first_batch(4) != first_batch(0)  # a resume at epoch 4 does not replay epoch 0
+
+
+def test_numpy_batches_after_a_resume_go_on_with_that_epochs_order():
+    pytest.importorskip("keras", reason="the batches are a keras.utils.PyDataset; install the 'train' extra")
+    from train.fit import _numpy_batches
+
+    x, y, recipe = numbered_images()
+    uninterrupted = _numpy_batches(x, y, recipe)
+    for _ in range(2):
+        uninterrupted.on_epoch_end()
+    resumed = _numpy_batches(x, y, recipe, first_epoch=2)
+    np.testing.assert_array_equal(resumed.order, uninterrupted.order)
+    np.testing.assert_array_equal(resumed[1][0], uninterrupted[1][0])

@@ -54,15 +54,33 @@ PRESETS = {
 }
 
 
-def _augmenter(recipe: Recipe):
+def resumed_epoch(run_dir: Path) -> int:
+    """How many epochs a run being resumed has finished (0 for a new run), as
+    Keras' ``BackupAndRestore`` recorded them in the run's backup."""
+    try:
+        return int(json.loads((run_dir / "backup" / "training_metadata.json").read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def stream_seed(seed: int, first_epoch: int) -> int:
+    """The seed of the data stream (order, augmentation, mixup, dropout) of a
+    run starting at ``first_epoch``: the run's own seed from the start, another
+    one after a resume. Keras restores the weights, the optimizer and the epoch
+    count, not the random state: re-seeded alike, the epochs after a resume
+    replayed epoch 0's order and augmentations."""
+    return seed if first_epoch == 0 else seed + 1_000_003 * first_epoch
+
+
+def _augmenter(recipe: Recipe, seed: int):
     import keras
     import tensorflow as tf
 
     rotate = keras.layers.RandomRotation(
-        recipe.rotate_deg / 360.0, fill_mode="reflect", seed=recipe.seed, dtype="float32"
+        recipe.rotate_deg / 360.0, fill_mode="reflect", seed=seed, dtype="float32"
     )
     zoom = keras.layers.RandomZoom(
-        (-recipe.zoom, recipe.zoom), fill_mode="reflect", seed=recipe.seed + 1, dtype="float32"
+        (-recipe.zoom, recipe.zoom), fill_mode="reflect", seed=seed + 1, dtype="float32"
     )
 
     def erase(x: tf.Tensor) -> tf.Tensor:
@@ -205,7 +223,8 @@ def fit(
             record.update(teacher=str(teacher), teacher_sha256=teacher_sha)
         manifest.write_text(json.dumps(record, indent=2))
 
-    keras.utils.set_random_seed(recipe.seed)
+    first_epoch = resumed_epoch(run_dir)
+    keras.utils.set_random_seed(stream_seed(recipe.seed, first_epoch))
     if recipe.bf16:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
 
@@ -214,7 +233,7 @@ def fit(
     x_val = val.images[..., None].astype(np.float32)
     log.info("train %d images, val %d images", len(x_train), len(x_val))
 
-    ds, val_ds = datasets(x_train, y_train, x_val, y_val, recipe)
+    ds, val_ds = datasets(x_train, y_train, x_val, y_val, recipe, first_epoch)
 
     warmup, decay = schedule_steps(len(x_train), recipe)
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -335,30 +354,33 @@ def schedule_steps(num_images: int, recipe: Recipe) -> tuple[int, int]:
 
 
 def datasets(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-             recipe: Recipe):
+             recipe: Recipe, first_epoch: int = 0):
     """Shuffled, augmented training batches and plain validation batches: a
     ``tf.data`` pipeline on the TensorFlow backend, else (JAX or PyTorch, as
-    on a GPU machine without TensorFlow) batches from ``train.augment``."""
+    on a GPU machine without TensorFlow) batches from ``train.augment``.
+    ``first_epoch``: the epoch a resumed run starts at (see ``stream_seed``)."""
     import keras
 
     if keras.backend.backend() != "tensorflow":
-        return _numpy_batches(x_train, y_train, recipe), _numpy_batches(x_val, y_val, None)
+        return _numpy_batches(x_train, y_train, recipe, first_epoch), _numpy_batches(x_val, y_val, None)
     import tensorflow as tf
 
+    seed = stream_seed(recipe.seed, first_epoch)
     ds = (
         tf.data.Dataset.from_tensor_slices((x_train, y_train))
-        .shuffle(len(x_train), seed=recipe.seed, reshuffle_each_iteration=True)
+        .shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
         .batch(recipe.batch_size, drop_remainder=True)
-        .map(_augmenter(recipe), num_parallel_calls=tf.data.AUTOTUNE)
+        .map(_augmenter(recipe, seed), num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
     )
     return ds, tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(512)
 
 
-def _numpy_batches(x: np.ndarray, y: np.ndarray, recipe: Recipe | None):
+def _numpy_batches(x: np.ndarray, y: np.ndarray, recipe: Recipe | None, first_epoch: int = 0):
     """A Keras ``PyDataset``: with a recipe, shuffled and augmented batches of
-    ``recipe.batch_size`` (a new order every epoch, reproducible from the seed);
-    without, plain batches of 512 in order (validation)."""
+    ``recipe.batch_size`` (a new order every epoch, reproducible from the seed
+    and the epoch, so a resumed run goes on as if never stopped); without,
+    plain batches of 512 in order (validation)."""
     import keras
 
     from train.augment import augment_batch, batch_order
@@ -367,7 +389,7 @@ def _numpy_batches(x: np.ndarray, y: np.ndarray, recipe: Recipe | None):
         def __init__(self) -> None:
             # Threads: OpenCV releases the GIL, so augmentation runs in parallel.
             super().__init__(workers=max(1, min(8, (os.cpu_count() or 1) - 1)), use_multiprocessing=False)
-            self.epoch = 0
+            self.epoch = first_epoch
             self.order = self._order()
 
         def _order(self) -> np.ndarray:

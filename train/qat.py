@@ -179,8 +179,10 @@ def qat_run(source_run: Path, data: Path, out_run: Path, *, epochs: int = 2, lr:
         datasets,
         read_manifest,
         refuse_finished,
+        resumed_epoch,
         run_callbacks,
         schedule_steps,
+        stream_seed,
         verbosity,
     )
 
@@ -193,7 +195,8 @@ def qat_run(source_run: Path, data: Path, out_run: Path, *, epochs: int = 2, lr:
     keras.mixed_precision.set_global_policy("float32")
     source = read_manifest(source_run)
     recipe = Recipe(**source["recipe"])
-    keras.utils.set_random_seed(recipe.seed)
+    first_epoch = resumed_epoch(out_run)
+    keras.utils.set_random_seed(stream_seed(recipe.seed, first_epoch))
     trained = load_float_model(source_run, flip_average=False)
 
     train = load_fer(data, "train")
@@ -213,7 +216,7 @@ def qat_run(source_run: Path, data: Path, out_run: Path, *, epochs: int = 2, lr:
     # Fine-tuning for int8 uses plain targets: no mixup even if the source run had it.
     ds, val_ds = datasets(train.images[..., None].astype(np.float32), onehot[train.labels],
                           val.images[..., None].astype(np.float32), onehot[val.labels],
-                          dataclasses.replace(recipe, mixup=0.0))
+                          dataclasses.replace(recipe, mixup=0.0), first_epoch)
     _, steps = schedule_steps(len(train.images), dataclasses.replace(recipe, epochs=epochs, warmup_epochs=0))
     model.compile(
         optimizer=keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(lr, steps, alpha=0.01),
