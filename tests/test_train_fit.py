@@ -3,6 +3,8 @@ per-image crop (need TensorFlow) and the batches for backends without tf.data (n
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -264,3 +266,36 @@ def test_numpy_batches_after_a_resume_go_on_with_that_epochs_order():
     resumed = _numpy_batches(x, y, recipe, first_epoch=2)
     np.testing.assert_array_equal(resumed.order, uninterrupted.order)
     np.testing.assert_array_equal(resumed[1][0], uninterrupted[1][0])
+
+
+def _tiny_fer(path, value: int = 0):
+    """A FER-2013-shaped .npz: 16 Training and 8 PublicTest images."""
+    usage = np.array([0] * 16 + [1] * 8, np.uint8)
+    images = np.full((24, 48, 48), value, np.uint8)
+    np.savez(path, images=images, labels=np.arange(24, dtype=np.uint8) % 7, usage=usage)
+    return path
+
+
+def test_a_resume_on_other_data_is_refused(tmp_path):
+    """run.json recorded the --data path only: a resume on another file (or the
+    same file, changed) trained the rest of the cycle on other images unnoticed.
+    The digest is of the images and labels as loaded, so fer2013.csv and the
+    .npz made from it resume each other."""
+    pytest.importorskip("keras", reason="fit needs Keras; install the 'train' extra")
+    import json
+
+    from train.data import load_fer, split_digest
+    from train.fit import fit
+
+    data = _tiny_fer(tmp_path / "fer.npz")
+    run = tmp_path / "run"
+    run.mkdir()
+    recipe = Recipe(epochs=1, batch_size=8)
+    digest = split_digest(load_fer(data, "train"), load_fer(data, "public"))
+    (run / "run.json").write_text(json.dumps(
+        {"recipe": dataclasses.asdict(recipe), "data": str(data), "data_digest": digest[::-1]}))
+    with pytest.raises(SystemExit, match=r"started on other images or labels .*same data to resume"):
+        fit(data, run, recipe)
+    fresh = tmp_path / "fresh"
+    fit(data, fresh, recipe, progress="line")  # records the digest a resume is checked against
+    assert json.loads((fresh / "run.json").read_text())["data_digest"] == digest

@@ -131,6 +131,17 @@ def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def split_digest(*splits: FerSplit) -> str:
+    """sha256 of splits' images and labels as loaded (the same for fer2013.csv
+    and an .npz made from it), recorded in run.json so a resume can check that
+    it trains on the same data."""
+    h = hashlib.sha256()
+    for s in splits:
+        h.update(np.ascontiguousarray(s.images).tobytes())
+        h.update(np.ascontiguousarray(s.labels).tobytes())
+    return h.hexdigest()
+
+
 def also_in_training(path: str | Path, split: str) -> np.ndarray:
     """For each image of ``split``, whether a byte-identical image is in Training.
 

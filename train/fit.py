@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from train.data import file_sha256, load_fer
+from train.data import file_sha256, load_fer, split_digest
 
 log = logging.getLogger("train")
 
@@ -192,6 +192,7 @@ def fit(
         y_train = blend_teacher(y_train, probs, recipe.teacher_mix)
 
     ferplus_sha = file_sha256(ferplus_votes) if ferplus_votes is not None and recipe.ferplus_mix > 0 else None
+    data_digest = split_digest(train, val)
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = run_dir / "run.json"
     if manifest.exists():
@@ -202,6 +203,13 @@ def fit(
                 f"{manifest}: this run was started with a different recipe:\n"
                 f"  saved: {saved}\n  asked: {recipe}\n"
                 "Use the same options to resume, or a new --run name."
+            )
+        # Runs started before session 14 recorded no digest.
+        if saved_manifest.get("data_digest", data_digest) != data_digest:
+            raise SystemExit(
+                f"{manifest}: this run was started on other images or labels (--data "
+                f"{saved_manifest.get('data')}, now {data}); pass the same data to resume, or a new "
+                "--run name."
             )
         if "ferplus_sha256" in saved_manifest and saved_manifest["ferplus_sha256"] != ferplus_sha:
             raise SystemExit(
@@ -216,7 +224,7 @@ def fit(
                 "pass the same file to resume, or a new --run name."
             )
     else:
-        record = {"recipe": asdict(recipe), "data": str(data)}
+        record = {"recipe": asdict(recipe), "data": str(data), "data_digest": data_digest}
         if ferplus_sha is not None:
             record.update(ferplus=str(ferplus_votes), ferplus_sha256=ferplus_sha)
         if teacher_sha is not None:
