@@ -28,10 +28,16 @@ PAD = 4
 
 
 class AugmentRecipe(Protocol):
-    rotate_deg: float
-    zoom: float
-    erase_prob: float
-    mixup: float
+    """What ``augment_batch`` reads of a recipe (``train.fit.Recipe``, frozen)."""
+
+    @property
+    def rotate_deg(self) -> float: ...
+    @property
+    def zoom(self) -> float: ...
+    @property
+    def erase_prob(self) -> float: ...
+    @property
+    def mixup(self) -> float: ...
 
 
 def augment_batch(x: np.ndarray, y: np.ndarray, recipe: AugmentRecipe,
@@ -74,7 +80,7 @@ def random_erase(images: np.ndarray, prob: float, rng: np.random.Generator) -> n
     rows, cols = np.arange(h_img), np.arange(w_img)
     in_y = (rows[None, :] >= y0[:, None]) & (rows[None, :] < (y0 + h)[:, None])
     in_x = (cols[None, :] >= x0[:, None]) & (cols[None, :] < (x0 + w)[:, None])
-    apply = rng.random(n) < prob
+    apply = np.asarray(rng.random(n) < prob)
     mask = in_y[:, :, None] & in_x[:, None, :] & apply[:, None, None]
     noise = rng.uniform(0.0, 255.0, images.shape).astype(np.float32)
     return np.where(mask, noise, images).astype(np.float32)

@@ -15,6 +15,7 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -121,7 +122,7 @@ def export(run_dir: Path, data: Path, out_dir: Path, weights: str = "best.weight
         tmp_model = Path(tmp) / "emotion.tflite"
         tmp_model.write_bytes(tflite)
         tmp_model.with_suffix(".labels.txt").write_text("\n".join(CLASS_NAMES) + "\n")
-        report = {"file_bytes": len(tflite)}
+        report: dict[str, Any] = {"file_bytes": len(tflite)}
         for name, split in (("private", private), ("public", public)):
             x = split.images[..., None].astype(np.float32)
             p_float = model.predict(x, batch_size=256, verbose=0)

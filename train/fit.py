@@ -400,7 +400,7 @@ def _numpy_batches(x: np.ndarray, y: np.ndarray, recipe: Recipe | None, first_ep
             self.epoch = first_epoch
             self.order = self._order()
 
-        def _order(self) -> np.ndarray:
+        def _order(self) -> list[np.ndarray] | np.ndarray:
             if recipe is None:
                 return np.array_split(np.arange(len(x)), -(-len(x) // 512))
             return batch_order(len(x), recipe.batch_size, recipe.seed, self.epoch)
