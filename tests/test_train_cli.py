@@ -85,3 +85,10 @@ def test_export_of_a_run_without_weights_says_so(tmp_path):
     (run / "run.json").write_text(json.dumps({"recipe": {"arch": "small"}, "data": "fer.npz"}))
     with pytest.raises(SystemExit, match="best.weights.h5 not found: run 'deep-new' has not finished an"):
         export(run, _tiny_fer(tmp_path / "fer.npz"), tmp_path / "models")
+
+
+def test_export_needs_at_least_one_representative_image(capsys):
+    """0 got through to the int8 converter, which failed after minutes of work."""
+    with pytest.raises(SystemExit):
+        main(["export", "--run", "x", "--data", "fer.npz", "--representative-images", "0"])
+    assert "at least 1 image" in capsys.readouterr().err

@@ -31,6 +31,17 @@ _TRAIN_EXTRA = {"tensorflow", "keras", "h5py", "matplotlib", "tqdm"}
 DEFAULT_RUNS = Path(os.environ.get("EMOJICAM_TRAIN_DIR", Path.home() / ".cache" / "emojicam-train"))
 
 
+def _at_least_one(text: str) -> int:
+    """argparse type: a whole number from 1 (the int8 converter needs an image to calibrate on)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: at least 1 image is needed")
+    return value
+
+
 def _run_dir(name: str) -> Path:
     p = Path(name)
     return p if p.is_absolute() or "/" in name else DEFAULT_RUNS / name
@@ -72,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=Path, default=Path("models"))
     p.add_argument("--weights", default="best.weights.h5")
-    p.add_argument("--representative-images", type=int, default=1000,
+    p.add_argument("--representative-images", type=_at_least_one, default=1000,
                    help="training images used to calibrate int8 ranges")
     p.add_argument("--min-agreement", type=float, default=0.99,
                    help="parity gate: int8/float top-1 agreement on PrivateTest needed to write the "
