@@ -41,6 +41,12 @@ log = logging.getLogger(__name__)
 ICON_SIZE_PX = 64
 ICON_REFRESH_S = 2.0  # the Xorg backend only (see _IconUpdater.tick)
 GLIB_BACKENDS = ("appindicator", "gtk")  # pystray backends that run a GLib main loop
+# pystray backends that build the native menu on each update: Windows destroys the menu
+# being shown (an open menu would close under the user's pointer every second), and AppKit
+# has crashed apps that replaced an open menu. Their menu leaves out the figures that
+# change every second (fps, faces: the tooltip has the faces), so it is rebuilt only when
+# a choice or a state changes.
+STEADY_MENU_BACKENDS = ("win32", "darwin")
 GNOME_TRAY_ADVICE = (
     "GNOME shows tray icons only with the AppIndicator extension: install "
     "gnome-shell-extension-appindicator, enable it, and log in again."
@@ -76,16 +82,20 @@ class MenuEntry:
 SEPARATOR = MenuEntry("-")
 
 
-def status_line(status: EngineStatus) -> str:
+def status_line(status: EngineStatus, live: bool = True) -> str:
+    """The menu's first line; ``live``: with the frame rate and faces."""
     camera = "camera on" if status.camera == "ok" else f"camera {status.camera}"
+    if not live:
+        return f"{status.state.capitalize()} · {camera}"
     return f"{status.state.capitalize()} · {status.fps:.0f} fps · {status.faces} face(s) · {camera}"
 
 
-def build_menu(status: EngineStatus) -> tuple[MenuEntry, ...]:
-    """The whole menu for this status. Pure: same status, same menu."""
+def build_menu(status: EngineStatus, live: bool = True) -> tuple[MenuEntry, ...]:
+    """The whole menu for this status (``live``: see ``status_line``). Pure:
+    same status, same menu."""
     paused = status.paused
     entries = [
-        MenuEntry(status_line(status), enabled=False),
+        MenuEntry(status_line(status, live), enabled=False),
     ]
     if status.sink not in ("ok", "closed"):
         entries.append(MenuEntry(f"Virtual camera {status.sink} (see 'emojicam doctor')", enabled=False))
@@ -216,8 +226,9 @@ def open_path(path: Path) -> None:
         )
 
 
-def to_pystray(pystray: Any, get_status: Callable[[], EngineStatus], dispatch: Callable[[str], None]) -> Any:
-    """A ``pystray.Menu`` regenerated from ``build_menu(get_status())``
+def to_pystray(pystray: Any, get_status: Callable[[], EngineStatus], dispatch: Callable[[str], None],
+               live: bool = True) -> Any:
+    """A ``pystray.Menu`` regenerated from ``build_menu(get_status(), live)``
     whenever it is drawn."""
 
     def item(entry: MenuEntry) -> Any:
@@ -245,7 +256,7 @@ def to_pystray(pystray: Any, get_status: Callable[[], EngineStatus], dispatch: C
             default=entry.default,
         )
 
-    return pystray.Menu(lambda: [item(e) for e in build_menu(get_status())])
+    return pystray.Menu(lambda: [item(e) for e in build_menu(get_status(), live)])
 
 
 def isolated_venv() -> bool:
@@ -370,9 +381,11 @@ class _IconUpdater:
     Each tick runs through ``on_ui`` (see ``main_thread_caller``)."""
 
     def __init__(
-        self, icon: Any, engine: Any, refresh_s: float | None = None, on_ui: UiCall = _at_once
+        self, icon: Any, engine: Any, refresh_s: float | None = None, on_ui: UiCall = _at_once,
+        live_menu: bool = True,
     ) -> None:
         self.icon, self.engine = icon, engine
+        self.live_menu = live_menu
         self.refresh_s = refresh_s
         self._on_ui = on_ui
         self._warned = False
@@ -399,7 +412,7 @@ class _IconUpdater:
             self.icon.title = self._title = title
         # The menu is pure data (build_menu), so it is its own key: every line it shows, and only
         # those, triggers a rebuild.
-        menu_key = build_menu(status)
+        menu_key = build_menu(status, self.live_menu)
         if menu_key != self._menu_key and getattr(self.icon, "HAS_MENU", False):
             self._menu_key = menu_key
             with contextlib.suppress(NotImplementedError):
@@ -487,7 +500,7 @@ def run_tray(
             "emojicam",
             icon=icon_image(icon_name(engine.status()), folder=engine.config.emoji.folder),
             title="EmojiCam",
-            menu=to_pystray(pystray, engine.status, dispatch),
+            menu=to_pystray(pystray, engine.status, dispatch, live=backend not in STEADY_MENU_BACKENDS),
         )
     except Exception as exc:  # noqa: BLE001
         log.warning("%s", explain_failure(exc, backend))
@@ -508,7 +521,8 @@ def run_tray(
 
     engine.add_listener(on_event)
     on_ui = main_thread_caller(backend)
-    updater = _IconUpdater(icon, engine, ICON_REFRESH_S if backend == "xorg" else None, on_ui)
+    updater = _IconUpdater(icon, engine, ICON_REFRESH_S if backend == "xorg" else None, on_ui,
+                           live_menu=backend not in STEADY_MENU_BACKENDS)
 
     returned = threading.Event()
     sigint_handler = (

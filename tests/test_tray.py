@@ -611,3 +611,40 @@ def test_a_long_config_error_still_makes_a_notification(
         assert len(shown) <= 255 and shown.endswith("…") and shown.startswith(message[:200])
     else:
         assert shown == message  # the other backends show it whole
+
+
+class MenuCountingIcon(RecordingIcon):
+    HAS_MENU = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        object.__setattr__(self, "menu_updates", 0)
+
+    def update_menu(self) -> None:
+        object.__setattr__(self, "menu_updates", self.menu_updates + 1)
+
+
+def test_a_steady_menu_is_rebuilt_only_when_a_choice_or_state_changes() -> None:
+    """pystray's Windows backend destroys the native menu on each update (an
+    open menu closed under the pointer whenever the fps or the faces changed,
+    about every second), and AppKit has crashed apps that replaced an open
+    menu: there the menu leaves those figures out (the tooltip has the faces)."""
+    eng = FakeEngine(status(fps=30.0, faces=1))
+    icon = MenuCountingIcon()
+    steady = tray._IconUpdater(icon, eng, live_menu=False)
+    steady.tick()
+    for fps, faces in ((29.0, 1), (31.0, 2), (30.0, 0)):
+        eng.st = status(fps=fps, faces=faces)
+        steady.tick()
+    assert icon.menu_updates == 1
+    eng.st = status(fps=30.0, faces=0, mode="label")
+    steady.tick()
+    assert icon.menu_updates == 2  # a choice changed: rebuilt
+    assert tray.build_menu(eng.st, live=False)[0].text == "Running · camera on"
+    live_icon = MenuCountingIcon()
+    live = tray._IconUpdater(live_icon, eng)  # GTK, AppIndicator, Xorg: the live line as before
+    live.tick()
+    eng.st = status(fps=12.0, faces=0, mode="label")
+    live.tick()
+    assert live_icon.menu_updates == 2
+    assert set(tray.STEADY_MENU_BACKENDS) == {"win32", "darwin"}
