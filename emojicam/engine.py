@@ -348,6 +348,8 @@ class Engine:
             self._note_detector()
         with self._lock:
             self.config = new
+        if _strict_privacy(new) and not _strict_privacy(old):
+            self._cover_last_output(new.privacy.action)
         if old.camera.mirror != new.camera.mirror:
             self._pipeline.mirror_faces()
         if dataclasses.replace(old.camera, mirror=False) != dataclasses.replace(new.camera, mirror=False):
@@ -357,6 +359,15 @@ class Engine:
             log.warning("tray.enabled changes after a restart (use --no-tray to run without the icon)")
         if old.mode != new.mode:
             log.info("mode: %s", new.mode)
+
+    def _cover_last_output(self, action: str) -> None:
+        """The mask was just turned on (replace mode with privacy on, from
+        another mode or with privacy off): the newest processed frame, which
+        the sender repeats until the next camera frame has been processed, was
+        made without it and may show a face. Send it covered instead."""
+        _, last = self._output.latest()
+        if last is not None:
+            self._output.put(unvouched_frame(last, "replace", action))
 
     def _note_detector(self) -> None:
         warning = privacy_warning(self._pipeline.detector) if self._pipeline is not None else None
@@ -594,3 +605,8 @@ class Engine:
     def preview_wanted(self) -> bool:
         with self._lock:
             return self._preview
+
+
+def _strict_privacy(config: Config) -> bool:
+    """Whether ``config`` promises that no face shows (``Pipeline.strict_privacy``)."""
+    return config.mode == "replace" and config.privacy.enabled

@@ -106,7 +106,7 @@ class PrivacyAwareTracker(Protocol):
 class ResizableTracker(Protocol):
     """Optional: a tracker that moves its boxes when the frame size changes."""
 
-    def rescale(self, sx: float, sy: float) -> None: ...
+    def resize(self, old_wh: tuple[int, int], new_wh: tuple[int, int]) -> None: ...
 
 
 @runtime_checkable
@@ -218,11 +218,11 @@ class Pipeline:
 
     def _follow_resize(self, size_wh: tuple[int, int]) -> None:
         """A new frame size (the camera reopened at another resolution): a
-        tracker that can (``rescale``) moves its boxes with the picture, so a
+        tracker that can (``resize``) moves its boxes with the picture, so a
         face the detector misses on the first such frame stays covered."""
         old, self._size_wh = self._size_wh, size_wh
         if old is not None and old != size_wh and isinstance(self.tracker, ResizableTracker):
-            self.tracker.rescale(size_wh[0] / old[0], size_wh[1] / old[1])
+            self.tracker.resize(old, size_wh)
 
     def mirror_faces(self) -> None:
         """The frames now come flipped left to right (or no longer): a tracker

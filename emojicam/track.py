@@ -18,6 +18,7 @@ frames when frames come slowly (within ``PRIVACY_MAX_HOLD_S``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -37,6 +38,35 @@ PRIVACY_MIN_HOLD_FRAMES = 4
 # ...but never longer than this: after a pause (mode off, nobody watching, paused)
 # the faces of minutes ago are gone, not missed.
 PRIVACY_MAX_HOLD_S = 3.0
+
+
+# A change of frame size that keeps the aspect ratio within this is a plain scaling.
+SAME_ASPECT_TOLERANCE = 0.01
+
+
+def resized_box(box: FaceBox, old_wh: tuple[int, int], new_wh: tuple[int, int],
+                cover_all: bool = True) -> FaceBox:
+    """Where ``box`` of an ``old_wh`` frame lies in the ``new_wh`` frames that
+    replaced it. At the same aspect ratio the picture was scaled. At another
+    one there is no knowing how the camera made it: it may stretch the
+    picture, crop the middle of it (a 4:3 sensor giving 16:9), or show more at
+    the sides (a 16:9 sensor whose 4:3 modes are cropped). With ``cover_all``
+    the box is then where the face would be in any of the three (their
+    union), so a face the detector misses on the first new frame stays
+    covered whichever it was; without, the picture is taken as stretched."""
+    (w0, h0), (w1, h1) = old_wh, new_wh
+    sx, sy = w1 / w0, h1 / h0
+    stretched = box.scaled(sx, sy)
+    if not cover_all or abs(sx / sy - 1.0) <= SAME_ASPECT_TOLERANCE:
+        return stretched
+    x0, y0 = stretched.x, stretched.y
+    x1, y1 = stretched.x + stretched.w, stretched.y + stretched.h
+    for s in (max(sx, sy), min(sx, sy)):  # cropped, widened: scaled alike, centred
+        dx, dy = (w1 - s * w0) / 2.0, (h1 - s * h0) / 2.0
+        x0, y0 = min(x0, math.floor(box.x * s + dx)), min(y0, math.floor(box.y * s + dy))
+        x1 = max(x1, math.ceil((box.x + box.w) * s + dx))
+        y1 = max(y1, math.ceil((box.y + box.h) * s + dy))
+    return replace(stretched, x=x0, y=y0, w=x1 - x0, h=y1 - y0)
 
 
 @dataclass
@@ -128,11 +158,13 @@ class IoUTracker:
             self._tracks = [_State(s.track, s.last_seen_s) for s in other._tracks]
             self._next_id = other._next_id
 
-    def rescale(self, sx: float, sy: float) -> None:
-        """The frame was resized by (sx, sy) (the camera's resolution changed):
-        move every track's box with it, so a held box still covers its face."""
+    def resize(self, old_wh: tuple[int, int], new_wh: tuple[int, int]) -> None:
+        """The frames changed size (the camera's resolution changed): move
+        every track's box with the picture (``resized_box``; when strict,
+        wherever the face may now be), so a held box still covers its face."""
+        strict = not self._follow_jumps
         for s in self._tracks:
-            s.track = replace(s.track, box=s.track.box.scaled(sx, sy))
+            s.track = replace(s.track, box=resized_box(s.track.box, old_wh, new_wh, cover_all=strict))
 
     def mirror(self, width: int) -> None:
         """The picture is now flipped left to right (``camera.mirror`` changed):

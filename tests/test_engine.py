@@ -408,6 +408,49 @@ def test_pipeline_error_never_shows_the_raw_face(running, recorder, tmp_path: Pa
     assert warning.endswith(f"showing it {said}")
 
 
+def _raw_share_of_face(sent: np.ndarray, raw: np.ndarray, box=BOX) -> float:
+    """The share of the face's ellipse that ``sent`` shows as the camera saw it."""
+    from benchmarks.face_leak import face_ellipse
+
+    oval = face_ellipse(box, SIZE_WH)
+    same = np.all(np.abs(sent.astype(int) - raw.astype(int)) <= 2, axis=2)
+    return float((same & oval).sum() / oval.sum())
+
+
+@pytest.mark.parametrize("before", ["decorate", "label", "off"])
+def test_the_frame_sent_right_after_a_switch_to_replace_shows_no_face(running, tmp_path: Path,
+                                                                     before: str) -> None:
+    """The sender repeats the newest processed frame until the next camera frame
+    has been processed. Right after ``ctl mode replace`` (or the tray) returned,
+    that was still the last decorate, label or off frame, face and all: with a
+    camera at 7.5 fps, two frames at 30 fps, and up to 2 s while the camera stalls."""
+    face = np.full((SIZE_WH[1], SIZE_WH[0], 3), BACKGROUND, np.uint8)
+    face[::2, :] = 255  # stripes: any cover (emoji or blur) flattens them
+    flowing = threading.Event()
+    flowing.set()
+
+    class GatedCamera(FakeCamera):
+        def read(self):
+            time.sleep(1 / 60)
+            flowing.wait(1.0)  # held: the camera delivers nothing new (low light, a stall)
+            return face.copy()
+
+    plugged = threading.Event()
+    plugged.set()
+    config = dataclasses.replace(base_config("unused"), mode=before)
+    eng = running(config, deps=make_deps(tmp_path, make_source=lambda cfg: GatedCamera(plugged, [])))
+    wait_for(lambda: eng.status().frames_processed >= 3)
+    flowing.clear()
+    time.sleep(0.1)  # a frame already read is processed (in the old mode)
+    assert _raw_share_of_face(eng.frame_to_send(SIZE_WH), face) > 0.9  # the face shows, as it may
+    eng.set_mode("replace").result(2)
+    assert _raw_share_of_face(eng.frame_to_send(SIZE_WH), face) < 0.05
+    n = eng.status().frames_processed
+    flowing.set()
+    wait_for(lambda: eng.status().frames_processed > n + 2)
+    assert _raw_share_of_face(eng.frame_to_send(SIZE_WH), face) < 0.05  # the emoji from then on
+
+
 def test_a_face_held_through_a_miss_stays_covered_when_mirror_is_turned_on(running, recorder,
                                                                           tmp_path: Path) -> None:
     """Finding 16: "Mirror" flips the picture; the tracker's held boxes once

@@ -325,3 +325,20 @@ def test_reconfigure_camera_or_sink_change_keeps_stages():
     p = make_pipeline()
     new = dataclasses.replace(Config(), camera=CameraConfig(mirror=True), sink=SinkConfig(fps=15))
     assert reconfigure(p, Config(), new.with_mode("decorate")) is p and p.mode == "decorate"
+
+
+def test_held_boxes_cover_every_way_a_camera_may_change_aspect_ratio():
+    """640x480 -> 1280x720: stretched, the middle cropped (4:3 sensor) or more
+    shown at the sides (16:9 sensor); the held box covers the face in all three."""
+    from emojicam.track import resized_box
+
+    box = make_box(40, 100, 120, 150)
+    moved = resized_box(box, (640, 480), (1280, 720))
+    stretched = box.scaled(2.0, 1.5)  # x 80..320, y 150..375
+    cropped = make_box(80, 80, 240, 300)  # x2, 120 rows off the top
+    widened = make_box(220, 150, 180, 225)  # x1.5, 160 columns more on the left
+    for face in (stretched, cropped, widened):
+        assert moved.clipped((1280, 720)) is not None
+        assert moved.x <= face.x and moved.y <= face.y
+        assert moved.x + moved.w >= face.x + face.w and moved.y + moved.h >= face.y + face.h
+    assert resized_box(box, (640, 480), (1280, 960)) == box.scaled(2.0, 2.0)  # same aspect: scaled

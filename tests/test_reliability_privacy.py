@@ -182,3 +182,49 @@ def test_reference_finds_the_face_regions_it_is_meant_to(face):
     pipeline.detector = type("Blind", (), {"detect": lambda self, image_bgr: []})()
     report = measure("blind", pipeline, [(image, [box])] * 3)
     assert report.leak_frames == [0, 1, 2] and report.visible_leak_frames == [0, 1, 2]
+
+
+class _MissesFrom:
+    """The real detector, but blind from its ``n``-th call on (a face missed)."""
+
+    def __init__(self, detector, n: int) -> None:
+        self.detector, self.n, self.calls = detector, n, 0
+
+    def detect(self, image_bgr):
+        self.calls += 1
+        found = self.detector.detect(image_bgr)
+        return [] if self.calls > self.n else found
+
+    def set_privacy(self, strict: bool, min_score: float) -> None:
+        self.detector.set_privacy(strict, min_score)
+
+
+@pytest.mark.parametrize(("sensor_wh", "centre_xy"), [((1280, 720), (300, 360)), ((1280, 720), (980, 360)),
+                                                     ((1280, 960), (400, 330))])
+def test_a_held_face_stays_covered_when_the_camera_changes_aspect_ratio(face, sensor_wh, centre_xy):
+    """``camera.width``/``height`` edited from 640x480 to 1280x720, and the
+    detector misses the face on the first 1280x720 frame: its held box must
+    cover it. The tracker stretched the box (x2 across, x1.5 down), but
+    cameras crop instead: a 16:9 sensor's 640x480 is the middle 960x720 of
+    it, so the face was 110 px off its box and 19% (at x 300) and 12% (at x
+    980) of it showed. A 4:3 sensor crops the top and bottom for 16:9."""
+    import cv2
+
+    w, h = sensor_wh
+    scene, box = paste_face(synthetic_background(sensor_wh), face[0], face[1], centre_xy, 150)
+    # The 640x480 mode: the middle 4:3 of the sensor, scaled down
+    crop_w = min(w, h * 4 // 3)
+    x0 = (w - crop_w) // 2
+    f = 640 / crop_w
+    old = cv2.resize(scene[:, x0 : x0 + crop_w], (640, 480), interpolation=cv2.INTER_AREA)
+    old_box = dataclasses.replace(box, x=round((box.x - x0) * f), y=round(box.y * f),
+                                  w=round(box.w * f), h=round(box.h * f))
+    # The 1280x720 mode: the middle 16:9 of the sensor
+    y0 = (h - 720) // 2
+    new = scene[y0 : y0 + 720]
+    new_box = dataclasses.replace(box, y=box.y - y0)
+    pipeline = make_pipeline("blazeface")
+    pipeline.detector = _MissesFrom(pipeline.detector, 3)
+    report = measure("resolution_change", pipeline, [(old, [old_box])] * 3 + [(new, [new_box])])
+    assert report.frames_with_face == 4
+    assert report.leak_frames == [], report.summary()
