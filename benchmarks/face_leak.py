@@ -298,7 +298,10 @@ def measure(
         size_wh = (image.shape[1], image.shape[0])
         visible = [(src, b, c) for src, b in faces if (c := b.clipped(size_wh)) is not None]
         report.frames_with_face += bool(visible)
-        if pipeline.failed_frames > failed_before:
+        # A failed frame is covered only where privacy blurred or blanked it
+        # (``unvouched_frame``); with privacy off it left as the camera saw it,
+        # with no results, so every face region in it counts as missed below.
+        if pipeline.failed_frames > failed_before and pipeline.strict_privacy:
             report.privacy_covered_frames += 1
             continue
         mask = coverage_mask(pipeline.compositor, results, size_wh)

@@ -7,7 +7,13 @@ and tracker frame by frame (the tracker needs every frame); a face "gets an
 emoji" when the tracker reports a box for it that frame, including a box
 held at the last known position after a miss, as the compositor draws it.
 
-    python benchmarks/face_recall.py [--backend blazeface|haar] [--size 1280x720] [--sheet out.png]
+    python benchmarks/face_recall.py [--backend blazeface|haar] [--size 1280x720] [--privacy] [--sheet PNG]
+
+Without ``--privacy`` the detector and tracker run as in decorate and label
+modes (and replace mode with ``privacy.enabled: false``): BlazeFace's idle
+model on a schedule, faces from ``detector.min_score``. ``--privacy`` runs them
+as replace mode with privacy on (the default) does: both models on every
+frame, faces from ``privacy.min_score``, a missed face's box held in place.
 
 Counting is per frame (a frame counts as covered when it shows at least as
 many boxes as it has clear faces) and per face (``min(boxes, clear faces)``),
@@ -30,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from emojicam.bench import fit_frame  # noqa: E402
-from emojicam.config import DetectorConfig, TrackerConfig  # noqa: E402
+from emojicam.config import DetectorConfig, PrivacyConfig, TrackerConfig  # noqa: E402
 from emojicam.detect import create_detector  # noqa: E402
 from emojicam.track import IoUTracker  # noqa: E402
 
@@ -44,11 +50,16 @@ def read_truth(path: Path = TRUTH) -> dict[int, tuple[int, int]]:
 
 
 def run(
-    backend: str, size_wh: tuple[int, int] | None, every_n: int = 1
+    backend: str, size_wh: tuple[int, int] | None, every_n: int = 1, privacy: bool = False
 ) -> tuple[dict[int, list], dict[int, list]]:
-    """Boxes shown (tracker output) and boxes detected, for every frame of the clip."""
+    """Boxes shown (tracker output) and boxes detected, for every frame of the
+    clip; ``privacy``: as replace mode with privacy on sets the stages up."""
     detector = create_detector(DetectorConfig(backend=backend))  # type: ignore[arg-type]
     tracker = IoUTracker(TrackerConfig())
+    if privacy:  # what Pipeline._sync_privacy tells the stages in replace mode
+        if hasattr(detector, "set_privacy"):
+            detector.set_privacy(True, PrivacyConfig().min_score)
+        tracker.set_privacy(True)
     cap = cv2.VideoCapture(str(CLIP))
     fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
     shown: dict[int, list] = {}
@@ -131,15 +142,18 @@ def main() -> int:
         "--size", type=parse_size, help="scale to cover WxH and crop the centre first (e.g. 1280x720)"
     )
     ap.add_argument("--every-n", type=int, default=1, help="run the detector every Nth frame")
+    ap.add_argument("--privacy", action="store_true",
+                    help="detect and track as replace mode with privacy on (the default mode) does")
     ap.add_argument("--sheet", type=Path, help="write the labelled frames with the shown boxes to this PNG")
     args = ap.parse_args()
     if not CLIP.exists():
         print(f"clip not found: {CLIP}", file=sys.stderr)
         return 2
     truth = read_truth()
-    shown, detected = run(args.backend, args.size, args.every_n)
+    shown, detected = run(args.backend, args.size, args.every_n, args.privacy)
     result = {
         "backend": args.backend,
+        "privacy_first": args.privacy,
         "size": args.size and "x".join(map(str, args.size)),
         "detect_every_n": args.every_n,
         "shown (detector + tracker, what gets an emoji)": score(truth, shown),

@@ -31,7 +31,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,20 +202,23 @@ def grid_cells(n: int, size_wh: tuple[int, int]) -> list[tuple[int, int, int, in
     return [((i % cols) * cw, (i // cols) * ch, cw, ch) for i in range(n)]
 
 
-def make_synthetic_frames(
+def synthetic_frames(
     crops: list[np.ndarray],
     background: np.ndarray,
     size_wh: tuple[int, int],
     n_faces: int,
     count: int = 30,
     fill: float = 0.8,
-) -> list[np.ndarray]:
-    """``count`` frames with ``n_faces`` faces each, drifting a few pixels per frame."""
+) -> Iterator[np.ndarray]:
+    """``count`` frames with ``n_faces`` faces each, drifting a few pixels per
+    frame; one at a time, so that a caller that encodes each frame as it comes
+    never holds them all decoded (30 frames
+    at 1280x720 are 80 MB, which would be the bench's peak RSS, not the
+    pipeline's)."""
     if not crops:
         raise InputError("no faces found in the source video to build synthetic frames from")
     base = fit_frame(background, size_wh)
     cells = grid_cells(n_faces, size_wh)
-    frames = []
     for k in range(count):
         image = base.copy()
         for i, (x, y, cw, ch) in enumerate(cells):
@@ -226,11 +229,10 @@ def make_synthetic_frames(
             fx = x + int(slack_x / 2 * (1 + 0.8 * math.sin(phase)))
             fy = y + int(slack_y / 2 * (1 + 0.8 * math.cos(phase)))
             image[fy : fy + side, fx : fx + side] = face
-        frames.append(image)
-    return frames
+        yield image
 
 
-def encode_jpeg(frames: list[np.ndarray]) -> list[bytes]:
+def encode_jpeg(frames: Iterable[np.ndarray]) -> list[bytes]:
     out = []
     for image in frames:
         ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
@@ -296,10 +298,12 @@ def measure(
     cpu_s = 0.0
     faces = 0
     rss_start = None
+    failed_before = pipeline.failed_frames
     for i in range(options.warmup_frames + options.frames):
         image, decode_s = next(frames)
         if i == options.warmup_frames:
             rss_start = current_rss_mb()
+            failed_before = pipeline.failed_frames  # warm-up failures are not of the measured frames
         frame = Frame(image, i, i / fps_timestamps)
         c0, t0 = time.process_time(), time.perf_counter()
         out, results = pipeline.process(frame)
@@ -342,7 +346,7 @@ def measure(
         rss_start_mb=None if rss_start is None else round(rss_start, 1),
         rss_end_mb=None if (end := current_rss_mb()) is None else round(end, 1),
         frames=options.frames,
-        failed_frames=pipeline.failed_frames,
+        failed_frames=pipeline.failed_frames - failed_before,
         detector=detector_name,
         machine=machine_info(options.threads),
     )
@@ -378,8 +382,9 @@ def frame_stream(options: BenchOptions, detector: Detector) -> Iterator[tuple[np
     crops, background = collect_faces(Path(source), detector, options.size_wh, want=max(1, options.faces))
     if background is None:
         background = np.full((options.size_wh[1], options.size_wh[0], 3), 120, np.uint8)
-    images = make_synthetic_frames(crops, background, options.size_wh, options.faces)
-    return jpeg_frames(encode_jpeg(images))
+    # Encoded as they are made: only the JPEGs stay (see synthetic_frames).
+    encoded = encode_jpeg(synthetic_frames(crops, background, options.size_wh, options.faces))
+    return jpeg_frames(encoded)
 
 
 def run(config: Config, options: BenchOptions) -> BenchResult:

@@ -53,7 +53,7 @@ def test_grid_cells_fill_the_frame_without_overlap(n: int) -> None:
 def test_synthetic_frames_hold_one_face_crop_per_cell_and_move() -> None:
     crops = [np.full((100, 100, 3), v, np.uint8) for v in (40, 200)]
     background = make_image((640, 480), value=120, seed=None)
-    frames = bench.make_synthetic_frames(crops, background, (1280, 720), n_faces=4, count=5)
+    frames = list(bench.synthetic_frames(crops, background, (1280, 720), n_faces=4, count=5))
     assert len(frames) == 5 and all(f.shape == (720, 1280, 3) for f in frames)
     for frame in frames:
         for i, (x, y, w, h) in enumerate(bench.grid_cells(4, (1280, 720))):
@@ -66,7 +66,7 @@ def test_synthetic_frames_hold_one_face_crop_per_cell_and_move() -> None:
 
 def test_synthetic_frames_need_faces() -> None:
     with pytest.raises(bench.InputError, match="no faces found"):
-        bench.make_synthetic_frames([], make_image(), (320, 240), 2)
+        list(bench.synthetic_frames([], make_image(), (320, 240), 2))
 
 
 def test_jpeg_frames_decode_in_a_loop() -> None:
@@ -112,7 +112,7 @@ def test_collect_faces_cuts_square_crops_and_finds_a_background(tmp_path: Path) 
 
 def synthetic_stream(n_faces: int = 1):
     crops = [make_image((120, 120), value=60)]
-    frames = bench.make_synthetic_frames(crops, make_image((320, 240)), (320, 240), n_faces, count=3)
+    frames = list(bench.synthetic_frames(crops, make_image((320, 240)), (320, 240), n_faces, count=3))
     return bench.jpeg_frames(bench.encode_jpeg(frames))
 
 
@@ -135,7 +135,10 @@ def test_measure_reports_every_stage_and_the_required_json_keys() -> None:
     assert "pipeline ms/frame" in text and "(not in pipeline)" in text
 
 
-def test_failed_frames_are_counted() -> None:
+@pytest.mark.parametrize("warmup", [0, 3])
+def test_failed_frames_are_counted_over_the_measured_frames_only(warmup) -> None:
+    """(With a warm-up, 4 measured frames after 3 failing warm-up ones once
+    reported 7 failures.)"""
     pipeline = make_fake_pipeline()
 
     class Broken(FakeDetector):
@@ -144,9 +147,9 @@ def test_failed_frames_are_counted() -> None:
 
     pipeline.detector = Broken()
     result = bench.measure(
-        pipeline, synthetic_stream(), bench.BenchOptions(frames=4, warmup_frames=0), "Broken"
+        pipeline, synthetic_stream(), bench.BenchOptions(frames=4, warmup_frames=warmup), "Broken"
     )
-    assert result.failed_frames == 4
+    assert result.failed_frames == 4 == result.frames
     assert "4 frames failed" in bench.format_text(result)
 
 
@@ -311,3 +314,30 @@ def test_an_image_is_a_bench_source_too(tmp_path) -> None:
     cv2.imwrite(str(image), np.full((90, 160, 3), 100, np.uint8))
     frames = bench.looped_video_frames(image, (320, 180))
     assert [next(frames)[0].shape for _ in range(3)] == [(180, 320, 3)] * 3
+
+
+def test_synthetic_frames_are_not_all_held_raw_at_once(tmp_path: Path) -> None:
+    """``rss_mb`` is the process's peak, which the daemon's figures are read
+    from. Building the 30 synthetic frames used to hold all of them decoded
+    (30 x 2.6 MB at 1280x720) before encoding any, so the peak of a
+    ``--faces 1`` run was the bench's own scaffolding: 216 MB against a
+    current RSS of 165 to 180 MB while the pipeline ran."""
+    import tracemalloc
+
+    video = write_test_video(tmp_path / "clip.avi", n_frames=40, size_wh=(320, 240))
+
+    class FacesInFirstCalls(FakeDetector):
+        def detect(self, image_bgr):
+            self.calls += 1
+            return [make_box(100, 60, 80, 80)] if self.calls <= 3 else []
+
+    raw_mb = 1280 * 720 * 3 / 2**20
+    options = bench.BenchOptions(source=video, size_wh=(1280, 720), faces=1)
+    tracemalloc.start()
+    try:
+        stream = bench.frame_stream(options, FacesInFirstCalls())
+        peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+    assert next(stream)[0].shape == (720, 1280, 3)
+    assert peak_mb < 8 * raw_mb, f"building the synthetic frames peaked at {peak_mb:.0f} MB"
