@@ -42,6 +42,8 @@ PLAUSIBLE_FPS = (1.0, 240.0)
 def plausible_fps(fps: float, fallback: float) -> float:
     """``fps`` when it lies in ``PLAUSIBLE_FPS``, else ``fallback``."""
     return fps if PLAUSIBLE_FPS[0] <= fps <= PLAUSIBLE_FPS[1] else fallback
+
+
 Clock = Callable[[], float]
 
 
