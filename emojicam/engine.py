@@ -524,7 +524,7 @@ class Engine:
                     frame.index,
                     key,
                     {"blur": "blurred", "blank": "blanked"}[cfg.privacy.action]
-                    if cfg.mode == "replace" and cfg.privacy.enabled
+                    if _strict_privacy(cfg)
                     else "unchanged",
                     exc_info=log.isEnabledFor(logging.DEBUG),
                 )
