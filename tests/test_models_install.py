@@ -317,3 +317,11 @@ def test_models_install_command_says_nothing_of_downloading_when_all_is_installe
     assert commands_bench.cmd_models_install(argparse.Namespace(wheel=None, force=False)) == 0
     out = capsys.readouterr().out
     assert "Downloading" not in out and f"ok  {tmp_path / 'm' / 'short.tflite'}" in out
+
+
+def test_a_folder_that_cannot_be_written_is_found_before_downloading(tmp_path: Path) -> None:
+    """A read-only or wrongly owned data folder was found only after the 36 MB download."""
+    (tmp_path / "models").write_text("a file where the folder should be")
+    with pytest.raises(SetupError, match="cannot write to .*models.*owner and permissions"):
+        models_install.install_models(tmp_path / "models", downloader=must_not_download, models=[SHORT])
+    assert (tmp_path / "models").read_text() == "a file where the folder should be"

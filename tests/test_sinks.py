@@ -147,17 +147,26 @@ class Denied:
         raise RuntimeError(f"{kw['device']} could not be opened due to missing permissions")
 
 
-def open_denied(sysfs: Path, dev: Path) -> str:
-    """The message of the SinkError that opening the device through ``Denied`` gives."""
-    pyvirtualcam.register_backend("emojicam-test-denied", Denied)
+def open_failing(sysfs: Path, dev: Path, backend: type, cfg: SinkConfig | None = None) -> str:
+    """The message of the SinkError that opening the device through ``backend`` gives."""
+    pyvirtualcam.register_backend("emojicam-test-failing", backend)
     try:
-        sink = sinks.VirtualCameraSink(SinkConfig(), (32, 32), system="Linux", sysfs_root=sysfs,
-                                       dev_root=dev, pyvirtualcam_backend="emojicam-test-denied")
+        sink = sinks.VirtualCameraSink(cfg or SinkConfig(), (32, 32), system="Linux", sysfs_root=sysfs,
+                                       dev_root=dev, pyvirtualcam_backend="emojicam-test-failing")
         with pytest.raises(sinks.SinkError) as err:
             sink.open()
     finally:
-        pyvirtualcam.camera.BACKENDS.pop("emojicam-test-denied", None)
+        pyvirtualcam.camera.BACKENDS.pop("emojicam-test-failing", None)
     return str(err.value)
+
+
+def open_denied(sysfs: Path, dev: Path) -> str:
+    return open_failing(sysfs, dev, Denied)
+
+
+def open_explicit(sysfs: Path, dev: Path, device: str) -> str:
+    """``sink.device: device``, opened through ``NoSuchDevice``."""
+    return open_failing(sysfs, dev, NoSuchDevice, SinkConfig(device=device))
 
 
 @pytest.mark.skipif(not Path("/dev/null").is_char_device(), reason="needs /dev/null, a character device")
@@ -218,3 +227,48 @@ def test_a_preview_window_without_a_display_is_a_sink_error_not_an_abort(monkeyp
     with pytest.raises(sinks.SinkError, match="DISPLAY is not set"):
         sinks.PreviewSink(30).open()
     assert opened == []
+
+
+class NoSuchDevice:
+    """A pyvirtualcam backend whose device cannot be opened (as for a missing node)."""
+
+    def __init__(self, **kw):
+        raise RuntimeError(f"Device {kw['device']} could not be opened: No such file or directory")
+
+
+def test_an_explicit_device_the_kernel_does_not_list_is_not_said_to_be_listed(
+    sysfs: Path, tmp_path: Path
+) -> None:
+    """sink.device: /dev/video42 with no such device: the message claimed the kernel
+    listed it and told the user to reload the module, not to fix sink.device."""
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    message = open_explicit(sysfs, dev, str(dev / "video42"))
+    assert "although the kernel lists" not in message
+    assert f"sink.device {dev / 'video42'} does not exist" in message
+    assert f"set sink.device: null to use {dev / 'video10'} (labelled 'EmojiCam')" in message
+    if Path("/dev/null").is_char_device():  # a node the kernel does not list (/sys hidden): no verdict
+        (dev / "video43").symlink_to("/dev/null")
+        message = open_explicit(sysfs, dev, str(dev / "video43"))
+        assert "'video' group" in message and "sink.device" not in message
+
+
+def test_an_explicit_device_that_is_a_real_camera_is_named(sysfs: Path, tmp_path: Path) -> None:
+    """sink.device pointing at the webcam was blamed on the 'video' group."""
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    message = open_explicit(sysfs, dev, str(dev / "video0"))
+    assert "'Integrated Camera'" in message and "not a v4l2loopback device" in message
+    assert "'video' group" not in message
+
+
+@pytest.mark.parametrize(("system", "backend"), [("Linux", "obs"), ("Linux", "unitycapture"),
+                                                 ("Windows", "v4l2loopback"), ("Darwin", "unitycapture")])
+def test_a_backend_this_system_lacks_is_named_with_the_fix(system: str, backend: str, sysfs: Path) -> None:
+    """sink.backend: obs on Linux failed with "'obs' (device: default)" and the 'video' group advice."""
+    sink = sinks.VirtualCameraSink(SinkConfig(backend=backend), (32, 32), system=system, sysfs_root=sysfs)
+    with pytest.raises(sinks.SinkError) as err:
+        sink.open()
+    message = str(err.value)
+    assert f"sink.backend: {backend!r} is not available on" in message and "sink.backend: auto" in message
+    assert "'video' group" not in message and "modprobe" not in message

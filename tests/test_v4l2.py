@@ -295,3 +295,19 @@ def test_on_demand_turned_on_while_running_releases_the_camera(on_demand) -> Non
 
     setup.set_on_demand(False)
     setup.wait(lambda: eng.status().readers is None and eng.status().camera == "ok")
+
+
+def test_a_missing_label_with_the_module_loaded_says_to_reload_it(tmp_path: Path) -> None:
+    """With v4l2loopback already loaded (by OBS, or without options), 'sudo modprobe
+    v4l2loopback card_label=...' does nothing: the message must say to unload it first."""
+    sysfs = make_sysfs_tree(
+        tmp_path / "s", [(0, "Integrated Camera", False), (2, "OBS Virtual Camera", True)]
+    )
+    (sysfs / "module" / "v4l2loopback" / "parameters").mkdir(parents=True)
+    message = v4l2.describe_missing("EmojiCam", sysfs)
+    assert ("sudo modprobe -r v4l2loopback && sudo modprobe v4l2loopback devices=1 video_nr=10 "
+            'card_label="EmojiCam" exclusive_caps=1') in message
+    assert "'OBS Virtual Camera'" in message
+    not_loaded = make_sysfs_tree(tmp_path / "t", [(0, "Integrated Camera", False)])
+    message = v4l2.describe_missing("EmojiCam", not_loaded)
+    assert "modprobe -r" not in message and "sudo modprobe v4l2loopback devices=1" in message
