@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import reprlib
 import types
 import typing
@@ -171,6 +172,9 @@ def load_config(path: str | Path | None = None, *, use_user_file: bool = True) -
     if use_user_file and user.is_dir():  # not silently ignored: the user thinks it holds settings
         raise ConfigError(f"{user}: is a folder, not a settings file; remove it or put config.yaml's "
                           "lines you want to change in a file of that name")
+    if use_user_file and user.is_symlink() and not user.exists():  # not silently ignored either
+        raise ConfigError(f"{user}: is a link to {os.readlink(user)}, which does not exist; "
+                          "fix the link or remove it")
     if use_user_file and user.is_file():
         layers.append(user)
     if path is not None:
@@ -189,11 +193,16 @@ def load_config(path: str | Path | None = None, *, use_user_file: bool = True) -
 def read_yaml(path: Path) -> dict[str, Any]:
     """Parse one YAML file safely; errors name the file and line."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from exc
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: config file is not UTF-8 text ({exc.reason})") from exc
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{path}: line {line}: byte 0x{raw[exc.start]:02x} is not UTF-8 text; save the file as UTF-8"
+        ) from exc
     return parse_yaml(text, str(path))
 
 
@@ -219,10 +228,14 @@ def parse_yaml(text: str, source: str = "<config>") -> dict[str, Any]:
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        line, column = (mark.line, mark.column) if mark else (None, None)
+        if isinstance(exc, yaml.reader.ReaderError):  # a control character: it has a position, no mark
+            line = text.count("\n", 0, exc.position)
+            column = exc.position - (text.rfind("\n", 0, exc.position) + 1)
+        where = f" line {line + 1}, column {column + 1}:" if line is not None and column is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         kind = "" if isinstance(exc, yaml.constructor.ConstructorError) else "YAML syntax error: "
-        raise ConfigError(f"{source}:{where}: {kind}{problem}") from exc
+        raise ConfigError(f"{source}:{where} {kind}{problem}") from exc
     except (ValueError, TypeError, RecursionError) as exc:  # odd tags, deep nesting
         raise ConfigError(f"{source}: cannot parse YAML: {exc}") from exc
     if data is None:

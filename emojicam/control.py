@@ -34,12 +34,14 @@ folder; a second daemon fails to take it and says which pid runs.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import logging
 import os
 import socket
 import socketserver
+import stat
 import struct
 import sys
 import threading
@@ -104,12 +106,28 @@ def socket_path(folder: Path | None = None) -> Path:
 
 
 def _ensure_private_dir(folder: Path) -> None:
-    """Create ``folder`` (0700); refuse one that another user owns, e.g. a
-    pre-made ``/tmp/runtime-UID`` meant to intercept the socket."""
+    """Create ``folder`` (0700); refuse one that another user owns or could
+    swap for their own: a link, or one inside a folder that another user owns
+    (e.g. a pre-made ``/tmp/runtime-UID`` meant to intercept the socket) or
+    that anyone may write to without the sticky bit ``/tmp`` has."""
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if hasattr(os, "getuid") and (folder.is_symlink() or folder.stat().st_uid != os.getuid()):
+    if not hasattr(os, "getuid"):  # Windows: the folder is inside the user's profile
+        return
+    if folder.is_symlink() or folder.stat().st_uid != os.getuid():
         raise ControlError(
             f"{folder} belongs to another user or is a link; set XDG_RUNTIME_DIR to a private folder"
+        )
+    parent = folder.parent.stat()
+    if parent.st_uid not in (os.getuid(), 0):
+        raise ControlError(
+            f"{folder.parent} belongs to another user, who could replace {folder.name} in it; "
+            "set XDG_RUNTIME_DIR to a private folder"
+        )
+    if parent.st_mode & stat.S_IWOTH and not parent.st_mode & stat.S_ISVTX:
+        fix = f"make it private (chmod 700 {folder.parent}) or " if parent.st_uid == os.getuid() else ""
+        raise ControlError(
+            f"{folder.parent} is writable by every user, who could replace {folder.name} in it; "
+            f"{fix}set XDG_RUNTIME_DIR to a private folder"
         )
     with contextlib.suppress(OSError):  # not ours to change (a shared tmp): the socket itself is 0600
         os.chmod(folder, 0o700)
@@ -137,6 +155,10 @@ def validate(request: Any) -> dict[str, Any]:
 
 
 TOO_LONG = f"request too long (more than {MAX_REQUEST_BYTES} bytes)"
+DENIED = (
+    "permission denied: this EmojiCam runs as another user; "
+    "run 'emojicam ctl' as the user who started it"
+)
 
 
 def decode_request(line: bytes) -> dict[str, Any]:
@@ -244,11 +266,13 @@ class _RequestHandler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
         self.request.settimeout(REQUEST_TIMEOUT_S)
         try:
+            # Read before any answer: a reply sent over an unread request reached the
+            # client as a broken pipe, never as the reason.
+            line = self.rfile.readline(MAX_REQUEST_BYTES + 2)  # + room for b"\r\n"
             uid = _peer_uid(self.request)
             if uid is not None and uid != os.getuid():
-                self._reply({"ok": False, "error": "permission denied"})
+                self._reply({"ok": False, "error": DENIED})
                 return
-            line = self.rfile.readline(MAX_REQUEST_BYTES + 2)  # + room for b"\r\n"
             if len(line.rstrip(b"\r\n")) > MAX_REQUEST_BYTES:
                 self._reply({"ok": False, "error": TOO_LONG})
                 return
@@ -368,8 +392,9 @@ def send_socket_request(
 # ---------------------------------------------------------------- engine adapter
 
 
-def engine_handler(engine: Any, wait_s: float = 5.0) -> Handler:
-    """Maps validated requests onto an ``engine.Engine``."""
+def engine_handler(engine: Any, wait_s: float = 4.0) -> Handler:
+    """Maps validated requests onto an ``engine.Engine``; waits ``wait_s``
+    for a command to finish (less than a client waits for the reply)."""
 
     def handle(request: dict[str, Any]) -> dict[str, Any]:
         cmd = request["cmd"]
@@ -390,7 +415,13 @@ def engine_handler(engine: Any, wait_s: float = 5.0) -> Handler:
         }
         try:
             futures[cmd]().result(timeout=wait_s)
-        except Exception as exc:  # noqa: BLE001 - ConfigError, SetupError, shutting down, timeout
+        except concurrent.futures.TimeoutError:  # not yet the builtin one on Python 3.10
+            return {
+                "ok": False,
+                "error": f"EmojiCam is busy: {cmd!r} did not finish within {wait_s:g} s and is still queued; "
+                "check with 'emojicam ctl status'",
+            }
+        except Exception as exc:  # noqa: BLE001 - ConfigError, SetupError, shutting down
             return {"ok": False, "error": str(exc) or type(exc).__name__}
         reply: dict[str, Any] = {"ok": True}
         if cmd == "mode":

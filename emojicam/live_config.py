@@ -113,6 +113,8 @@ class LiveConfig:
                 if again == now:
                     break
                 now = again
+            if stop.is_set():  # stopped while the writer was still busy: no reload while shutting down
+                return
             seen = now
             log.info("config file changed; reloading")
             on_change()

@@ -225,3 +225,50 @@ def test_a_setting_given_twice_is_an_error_naming_the_line() -> None:
     # a YAML merge key may repeat what it merges in: not a duplicate
     assert parse_yaml("a: &b {width: 640, height: 480}\ncamera:\n  <<: *b\n  width: 320\n")["camera"] == {
         "width": 320, "height": 480}
+
+
+def test_a_file_that_is_not_utf8_names_the_line_and_how_to_fix_it(tmp_path):
+    """Editors on Windows may save in the local code page (or UTF-16); the
+    error said only 'invalid continuation byte'."""
+    bad = tmp_path / "c.yaml"
+    bad.write_bytes("mode: label\n# café\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as err:
+        load_config(bad, use_user_file=False)
+    assert str(err.value) == f"{bad}: line 2: byte 0xe9 is not UTF-8 text; save the file as UTF-8"
+    bad.write_bytes("mode: label\n".encode("utf-16"))
+    with pytest.raises(ConfigError, match=r"c\.yaml: line 1: byte 0xff is not UTF-8 text; save the file as"):
+        load_config(bad, use_user_file=False)
+
+
+def test_a_control_character_is_named_with_its_line_and_column():
+    """A NUL (a file cut short by a crash) or a pasted escape code was reported
+    as 'f.yaml:: YAML syntax error: ...', with no place to look."""
+    with pytest.raises(ConfigError) as err:
+        parse_yaml("mode: label\ncamera:\n  width: 640\x00\n", "f.yaml")
+    assert str(err.value) == (
+        "f.yaml: line 3, column 13: YAML syntax error: "
+        "unacceptable character #x0000: special characters are not allowed"
+    )
+    with pytest.raises(ConfigError, match=r"^f\.yaml: line 1, column 1: YAML syntax error: unacceptable"):
+        parse_yaml("\x1b[0mmode: label\n", "f.yaml")
+
+
+def test_a_user_config_that_links_to_a_missing_file_is_an_error(tmp_path, monkeypatch):
+    """A config.yaml linked into a dotfiles folder whose file moved (or that an
+    editor is re-creating) was skipped silently: defaults ran, and a live reload
+    dropped every setting instead of keeping the last good ones."""
+    user = tmp_path / "config.yaml"
+    try:
+        user.symlink_to(tmp_path / "dotfiles" / "emojicam.yaml")
+    except OSError as exc:  # Windows without the symlink privilege
+        pytest.skip(f"cannot make a symlink here: {exc}")
+    monkeypatch.setattr(cfgmod, "user_config_path", lambda: user)
+    with pytest.raises(ConfigError) as err:
+        load_config()
+    assert str(err.value) == (
+        f"{user}: is a link to {tmp_path / 'dotfiles' / 'emojicam.yaml'}, which does not exist; "
+        "fix the link or remove it"
+    )
+    (tmp_path / "dotfiles").mkdir()
+    (tmp_path / "dotfiles" / "emojicam.yaml").write_text("mode: label\n")
+    assert load_config().mode == "label"

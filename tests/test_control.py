@@ -310,3 +310,76 @@ def test_a_runtime_folder_that_is_a_link_is_refused(tmp_path: Path) -> None:
     srv = control.ControlServer(lambda r: {"ok": True}, tmp_path / "rt" / "control.sock")
     with pytest.raises(control.ControlError, match="another user or is a link"):
         srv.start()
+
+
+@unix_only
+def test_a_runtime_folder_inside_a_folder_anyone_may_rename_in_is_refused(tmp_path: Path) -> None:
+    """In a parent folder that others may write (and that is not sticky like
+    /tmp), another user can swap our private folder for one of theirs after
+    we checked it, and take over the socket's name."""
+    import os
+
+    shared = tmp_path / "runtime-1000"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    srv = control.ControlServer(lambda r: {"ok": True}, shared / "emojicam" / "control.sock")
+    with pytest.raises(control.ControlError, match=r"runtime-1000 .*set XDG_RUNTIME_DIR to a private folder"):
+        srv.start()
+    with pytest.raises(control.ControlError, match="set XDG_RUNTIME_DIR to a private folder"):
+        control.InstanceLock(shared / "emojicam").acquire()
+    os.chmod(shared, 0o1777)  # sticky, like /tmp: nobody may rename what is ours
+    srv.start()
+    srv.stop()
+
+
+@unix_only
+@pytest.mark.skipif(not hasattr(control.os, "geteuid") or control.os.geteuid() != 0,
+                    reason="needs root to make a folder that another user owns")
+def test_a_runtime_folder_inside_another_users_folder_is_refused(tmp_path: Path) -> None:
+    """Without XDG_RUNTIME_DIR the runtime folder is /tmp/runtime-UID/emojicam;
+    another user may have made /tmp/runtime-UID first, and can then swap our
+    emojicam folder for theirs after we checked it."""
+    import os
+
+    theirs = tmp_path / "runtime-1000"
+    theirs.mkdir()
+    os.chown(theirs, 54321, 54321)
+    srv = control.ControlServer(lambda r: {"ok": True}, theirs / "emojicam" / "control.sock")
+    with pytest.raises(control.ControlError, match="belongs to another user"):
+        srv.start()
+    with pytest.raises(control.ControlError, match="belongs to another user"):
+        control.InstanceLock(theirs / "emojicam").acquire()
+
+
+@unix_only
+def test_a_client_of_another_user_is_told_why_it_is_refused(server, monkeypatch) -> None:
+    """root (e.g. 'sudo -E emojicam ctl ...') can open the 0600 socket, and was
+    refused with a bare 'permission denied'."""
+    import os
+
+    monkeypatch.setattr(control, "_peer_uid", lambda sock: os.getuid() + 1)
+    reply = control.send_request({"cmd": "quit"}, server.path)
+    assert reply["ok"] is False
+    assert "permission denied" in reply["error"] and "run 'emojicam ctl' as the user" in reply["error"]
+    assert server.calls == []
+
+
+def test_a_command_the_engine_is_slow_to_finish_is_explained() -> None:
+    """The reply said only 'TimeoutError', and came as the client's own wait
+    ran out, so 'emojicam ctl' said 'did not answer' instead."""
+    import inspect
+
+    class SlowEngine(FakeEngine):
+        def set_mode(self, mode):
+            self.calls.append(("mode", mode))
+            return Future()  # never finishes: the processing thread is busy
+
+    reply = control.engine_handler(SlowEngine(), wait_s=0.05)({"cmd": "mode", "mode": "label"})
+    assert reply["ok"] is False
+    assert reply["error"] == (
+        "EmojiCam is busy: 'mode' did not finish within 0.05 s and is still queued; "
+        "check with 'emojicam ctl status'"
+    )
+    handler_wait = inspect.signature(control.engine_handler).parameters["wait_s"].default
+    client_wait = inspect.signature(control.send_request).parameters["timeout_s"].default
+    assert handler_wait + 0.5 <= client_wait  # the reply must reach the client before it gives up

@@ -95,3 +95,23 @@ def test_a_save_made_while_the_daemon_starts_is_applied(tmp_path: Path) -> None:
         stop.set()
         thread.join(2)
     assert changes == [1]
+
+
+def test_no_reload_starts_once_stop_is_set(tmp_path: Path) -> None:
+    """A save made just before quitting was still reloaded after ``stop`` was
+    set (while the watcher waited for the file to hold still): a spurious
+    reload, and a config-error notice, while EmojiCam shut down."""
+    path = tmp_path / "config.yaml"
+    live = LiveConfig(Config(), lambda: Config(), [path], poll_s=0.01)
+    stop, changes = threading.Event(), []
+    signatures = iter([{path: (1, 1, 1)}, {path: (2, 2, 2)}])
+
+    def changing() -> dict:
+        sig = next(signatures)
+        if sig[path] == (2, 2, 2):  # the file is still being written when the daemon is told to stop
+            stop.set()
+        return sig
+
+    live._signatures = changing  # type: ignore[method-assign]
+    live.watch(stop, lambda: changes.append(1))
+    assert changes == []
