@@ -69,10 +69,11 @@ class Source(Protocol):
 
 
 def parse_source(value: int | str) -> int | str:
-    """``"0"`` -> 0 (a webcam index); anything else stays a path."""
+    """``"0"`` -> 0 (a webcam index); anything else stays a path, with ``~``
+    expanded (config.yaml does not expand it as a shell does)."""
     if isinstance(value, str) and value.strip().isdigit():
         return int(value.strip())
-    return value
+    return os.path.expanduser(value) if isinstance(value, str) else value
 
 
 def is_camera(spec: int | str) -> bool:
@@ -90,7 +91,9 @@ def to_bgr(image: np.ndarray | None) -> np.ndarray | None:
     """Normalise what a capture returns to 3-channel uint8 BGR; None if empty."""
     if image is None or image.size == 0:
         return None
-    if image.dtype != np.uint8:
+    if image.dtype == np.uint16:  # a 16-bit camera (IR, depth, Y16): scale it, do not clip it to white
+        image = cv2.convertScaleAbs(image, alpha=1 / 256)
+    elif image.dtype != np.uint8:
         image = cv2.convertScaleAbs(image)
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
@@ -209,12 +212,21 @@ class OpenCVSource:
         self._sleep = sleep
         self._cap: cv2.VideoCapture | None = None
         self._pacer: Pacer | None = None
+        self._still_bgr: np.ndarray | None = None  # a photo as the source
 
     def open(self) -> None:
         if self.is_file and not Path(str(self.spec)).is_file():
-            raise SourceError(f"{self.spec}: no such video file")
+            what = "is a folder, not a video file" if Path(str(self.spec)).is_dir() else "no such video file"
+            raise SourceError(f"{self.spec}: {what}")
         with _quiet_opencv():  # a missing camera is expected here; we log our own message
             cap = cv2.VideoCapture(self.spec)
+        if self.is_file and cap.isOpened():
+            # Opening is not decoding: a file whose frames are damaged opens too.
+            decodes, first = cap.read()
+            if decodes and not cap.read()[0]:  # one frame: a photo, which FFmpeg cannot rewind
+                self._still_bgr = to_bgr(first)
+            cap.release()  # opened again rather than rewound: a photo cannot seek
+            cap = cv2.VideoCapture(self.spec) if decodes else cap
         if not cap.isOpened():
             cap.release()
             what = "cannot be decoded" if self.is_file else "is missing or busy (another app may be using it)"
@@ -238,6 +250,8 @@ class OpenCVSource:
             return None
         if self._pacer is not None:
             self._pacer.wait()
+        if self._still_bgr is not None:  # shown again, not decoded again
+            return self._still_bgr.copy()
         ok, image = cap.read()
         if not ok and self.is_file:  # end of the file: loop
             cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
@@ -372,7 +386,8 @@ class CaptureThread:
                 try:
                     # Back to quick retries only after a real stretch of frames: a flaky camera
                     # that gives one frame per open is retried ever more slowly too.
-                    if self._pump(source) >= self.HEALTHY_FRAMES:
+                    got = self._pump(source)
+                    if got >= self.HEALTHY_FRAMES:
                         delay_s = self._retry_initial_s
                 finally:
                     self._source = None
@@ -383,7 +398,9 @@ class CaptureThread:
                 if not self._stop.is_set():
                     self._set_state(
                         CameraState.UNAVAILABLE,
-                        f"{source.description} stopped delivering frames (unplugged?)",
+                        f"{source.description} stopped delivering frames (unplugged?)" if got
+                        # some drivers (Windows MSMF) open a camera that another app holds
+                        else f"{source.description} opens but sends no picture (another app may be using it)",
                     )
                     log.debug("retrying the camera in %.1f s", delay_s)
                     self._stop.wait(delay_s)

@@ -242,3 +242,104 @@ def test_capture_thread_survives_a_driver_that_raises_on_close() -> None:
         assert cap.running and cap.frames_read >= 6 and len(state["attempts"]) >= 2
     finally:
         assert cap.stop()
+
+
+# ---------------------------------------------------------------- what real cameras and files deliver
+
+
+def test_to_bgr_scales_16_bit_frames_instead_of_saturating_them() -> None:
+    """A 16-bit camera frame (IR / depth / Y16 cameras) came out pure white:
+    every value above 255 was clipped rather than scaled."""
+    mid_grey = np.full((4, 6), 0x8000, np.uint16)
+    out = to_bgr(mid_grey)
+    assert out is not None and out.shape == (4, 6, 3) and out.dtype == np.uint8
+    assert 120 <= int(out[0, 0, 0]) <= 135
+    dark_bgr = np.full((4, 6, 3), 0x1000, np.uint16)
+    assert int(to_bgr(dark_bgr)[0, 0, 0]) == 16
+
+
+def test_a_photo_as_the_source_keeps_showing(tmp_path: Path) -> None:
+    """``--source photo.png``: FFmpeg opens a photo as a one-frame video that
+    cannot be rewound, so the source gave one frame and then nothing (the
+    daemon flickered between the photo and "camera unavailable")."""
+    import cv2
+
+    photo = tmp_path / "photo.png"
+    image = np.zeros((48, 64, 3), np.uint8)
+    image[:, :32] = (20, 120, 220)
+    cv2.imwrite(str(photo), image)
+    clock = FakeClock()
+    src = OpenCVSource(str(photo), CameraConfig(), clock=clock, sleep=clock.sleep)
+    src.open()
+    try:
+        frames = [src.read() for _ in range(6)]
+    finally:
+        src.close()
+    assert all(f is not None and np.array_equal(f, image) for f in frames)
+
+
+def test_a_video_file_with_no_decodable_frame_is_refused_at_open(tmp_path: Path) -> None:
+    """A file whose header is fine but whose frames are damaged opened without
+    complaint, then was reported as "stopped delivering frames (unplugged?)"."""
+    video = write_test_video(tmp_path / "v.avi", 5, (64, 48), fps=10)
+    data = bytearray(video.read_bytes())
+    start = data.find(b"movi") + 4
+    data[start:] = bytes(len(data) - start)  # keep the header, zero every frame
+    damaged = tmp_path / "damaged.avi"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(SourceError, match=r"damaged\.avi cannot be decoded"):
+        OpenCVSource(str(damaged)).open()
+
+
+def test_a_camera_that_opens_but_sends_no_picture_may_be_busy() -> None:
+    """Some drivers (Windows MSMF) open a camera another app holds and then fail
+    every read; the user was told it "stopped delivering frames (unplugged?)"."""
+
+    class NoPicture:
+        description = "camera 1"
+
+        def open(self) -> None:
+            pass
+
+        def read(self) -> None:
+            return None
+
+        def close(self) -> None:
+            pass
+
+    changes: list[tuple[CameraState, str]] = []
+    cap = CaptureThread(NoPicture, LatestSlot(), retry_initial_s=0.05, retry_max_s=0.1,
+                        on_state=lambda s, d: changes.append((s, d)))
+    cap.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not any(s is CameraState.UNAVAILABLE for s, _ in changes) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        assert cap.stop()
+    detail = next(d for s, d in changes if s is CameraState.UNAVAILABLE)
+    assert "camera 1" in detail and "another app" in detail and "unplugged" not in detail
+    assert len(detail) <= 80  # the placeholder shows this much of it
+
+
+def test_a_video_file_under_the_home_folder_can_be_written_with_a_tilde(tmp_path: Path, monkeypatch) -> None:
+    """``camera.source: ~/Videos/clip.avi`` in config.yaml (YAML does not expand
+    ``~`` as a shell does) was refused as "no such video file"."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("USERPROFILE", str(tmp_path))  # what expanduser reads on Windows
+    write_test_video(tmp_path / "clip.avi", 3, (64, 48), fps=10)
+    clock = FakeClock()
+    src = OpenCVSource("~/clip.avi", CameraConfig(), clock=clock, sleep=clock.sleep)
+    src.open()
+    try:
+        image = src.read()
+    finally:
+        src.close()
+    assert image is not None and image.shape == (48, 64, 3)
+    assert str(tmp_path) in src.description
+
+
+def test_a_folder_as_the_source_is_named_as_a_folder(tmp_path: Path) -> None:
+    """A folder was refused as "no such video file", though it is right there."""
+    with pytest.raises(SourceError, match="is a folder, not a video file"):
+        OpenCVSource(str(tmp_path)).open()
