@@ -122,6 +122,7 @@ class Engine:
         # Held while a command is queued and while the stopping loop fails what is left,
         # so that no command lands after that and waits forever for an answer.
         self._submit_lock = threading.Lock()
+        self._reload_lock = threading.Lock()  # one reload reads and queues at a time
         self._frames: LatestSlot[Frame] = LatestSlot()
         self._output: LatestSlot[np.ndarray] = LatestSlot()
         self._lock = threading.Lock()
@@ -247,14 +248,18 @@ class Engine:
     def reload(self) -> Future[Any]:
         """Reload the config files now; the future raises ``ConfigError`` (or
         ``SetupError``) for a bad edit, which leaves the old config running."""
-        try:
-            new = self._live.load()
-        except Exception as exc:  # noqa: BLE001 - report anything as a bad edit
-            self._report_bad_config(exc)
-            fut: Future[Any] = Future()
-            fut.set_exception(exc)
-            return fut
-        return self._submit(lambda: self._apply_file_config(new))
+        # One reload reads and queues at a time: the processing thread applies in
+        # queue order, so the file read last is applied last (a 'ctl reload' racing
+        # the watcher once applied its older read after the newer one).
+        with self._reload_lock:
+            try:
+                new = self._live.load()
+            except Exception as exc:  # noqa: BLE001 - report anything as a bad edit
+                self._report_bad_config(exc)
+                fut: Future[Any] = Future()
+                fut.set_exception(exc)
+                return fut
+            return self._submit(lambda: self._apply_file_config(new))
 
     def _reload_from_watch(self) -> None:
         with contextlib.suppress(Exception):  # a bad edit is already reported

@@ -893,3 +893,41 @@ def test_a_command_sent_as_the_engine_stops_is_answered(running) -> None:
     future = eng.set_mode("label")
     with pytest.raises(RuntimeError, match="shutting down"):
         future.result(timeout=3)
+
+
+def test_reloads_apply_in_the_order_the_files_were_read(tmp_path: Path, video: Path) -> None:
+    """A 'ctl reload' racing the config watcher: the one that read the file
+    first but was slower to queue its apply (a disk stall) was applied last,
+    so the older settings stayed until the next save."""
+    config = base_config(str(video))
+    reads: list[str] = []
+    first_reading, gate = threading.Event(), threading.Event()
+
+    def load() -> Config:
+        mode = ("label", "decorate")[len(reads)]  # the file as the first and as the second reader saw it
+        reads.append(mode)
+        if mode == "label":
+            first_reading.set()
+            gate.wait(5)
+        return dataclasses.replace(config, mode=mode)
+
+    eng = engine.Engine(config, make_deps(tmp_path), load_config=load)
+    eng.start()
+    try:
+        wait_for(lambda: eng.status().frames_processed >= 2)
+        futures: list = []
+        first = threading.Thread(target=lambda: futures.append(eng.reload()))
+        first.start()
+        assert first_reading.wait(5)
+        second = threading.Thread(target=lambda: futures.append(eng.reload()))
+        second.start()
+        second.join(0.5)  # time for the second reload to read and queue, were it let through
+        gate.set()
+        first.join(5)
+        second.join(5)
+        for fut in futures:
+            fut.result(5)
+        assert reads == ["label", "decorate"]
+        assert eng.status().mode == "decorate"  # what the file says now
+    finally:
+        eng.close()
