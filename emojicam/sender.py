@@ -4,10 +4,10 @@ on-demand reader watcher (a reopen by us must not count as an app watching).
 
 Each turn it asks the engine for the frame to show (the newest processed
 one, repeated when processing falls behind, or a placeholder), sends it, and
-sleeps until the next frame is due (``sink.pace()``, which for the virtual
-camera is pyvirtualcam's ``sleep_until_next_frame``), or ``IDLE_FPS`` when
-paused or nobody watches. A sink that cannot be opened or keeps failing to
-write is retried with backoff; the daemon keeps running meanwhile.
+sleeps until the next frame is due (``sink.pace()``, a ``sources.Pacer`` that
+never bursts to catch up), or ``IDLE_FPS`` when paused or nobody watches. A
+sink that cannot be opened or keeps failing to write is retried with backoff;
+the daemon keeps running meanwhile.
 """
 
 from __future__ import annotations

@@ -231,9 +231,15 @@ class VirtualCameraSink:
         sysfs_root: Path = v4l2.SYSFS_ROOT,
         dev_root: Path = v4l2.DEV_ROOT,
         pyvirtualcam_backend: str | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Callable[[float], object] = time.sleep,
     ) -> None:
         self.cfg = cfg
         self.size_wh = size_wh
+        # Our own pacer, not pyvirtualcam's sleep_until_next_frame: that one adapts to
+        # the recent average rate, so after the 2 fps of a pause it stopped sleeping
+        # until the average caught up (75 frames in the first second of a resume).
+        self._pacer = Pacer(cfg.fps, clock, sleep)
         self.system = system or platform.system()
         self._sysfs_root = sysfs_root
         self._dev_root = dev_root
@@ -275,7 +281,7 @@ class VirtualCameraSink:
 
     def pace(self) -> None:
         if self._camera is not None:
-            self._camera.sleep_until_next_frame()
+            self._pacer.wait()
 
     def close(self) -> None:
         if self._camera is not None:

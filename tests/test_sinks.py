@@ -272,3 +272,33 @@ def test_a_backend_this_system_lacks_is_named_with_the_fix(system: str, backend:
     message = str(err.value)
     assert f"sink.backend: {backend!r} is not available on" in message and "sink.backend: auto" in message
     assert "'video' group" not in message and "modprobe" not in message
+
+
+def test_the_virtual_camera_does_not_burst_after_an_idle_spell(sysfs: Path, tmp_path: Path, recorder) -> None:
+    """While paused (or nobody watches an on-demand camera) the sender writes 2
+    frames a second; pyvirtualcam's adaptive ``sleep_until_next_frame`` then
+    stopped sleeping until its average frame rate caught up: 75 frames in the
+    first second of a resume at 30 fps, a core spinning on every resume."""
+    import time
+
+    sink = sinks.VirtualCameraSink(SinkConfig(fps=30), (32, 24), system="Linux", sysfs_root=sysfs,
+                                   dev_root=tmp_path / "dev", pyvirtualcam_backend=BACKEND)
+    frame = np.zeros((24, 32, 3), np.uint8)
+    sink.open()
+    try:
+        for _ in range(10):  # running at 30 fps
+            sink.send(frame)
+            sink.pace()
+        for _ in range(4):  # paused: the sender's idle rate
+            sink.send(frame)
+            time.sleep(0.5)
+        start = time.monotonic()
+        for _ in range(16):  # resumed
+            sink.send(frame)
+            sink.pace()
+        took = time.monotonic() - start
+    finally:
+        sink.close()
+    # 16 paced frames at 30 fps take about 0.5 s (a slow machine only makes it longer);
+    # the catch-up burst took a few milliseconds.
+    assert took >= 0.4, f"16 frames went out in {took:.3f} s"
