@@ -12,6 +12,7 @@ the daemon keeps running meanwhile.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -73,11 +74,12 @@ class Sender:
         self._preview: Sink | None = None
         self._watcher: Any = None  # counts the apps reading the open sink (on-demand)
         self._watch_tried: Sink | None = None  # the sink a watcher was last started for
+        self._size_wh = (host.config.camera.width, host.config.camera.height)  # the sink's, until a restart
 
     def run(self) -> None:
         host = self.host
         cam = host.config.camera
-        size_wh = (cam.width, cam.height)
+        size_wh = self._size_wh
         retry_s = cam.retry_initial_s
         sink: Sink | None = None
         failed_writes = good_writes = 0
@@ -132,7 +134,7 @@ class Sender:
 
     def _open(self) -> Sink | None:
         host = self.host
-        sink = self.deps.make_sink(host.config)
+        sink = self.deps.make_sink(self._sink_config())
         host.report_sink("opening")
         try:
             sink.open()
@@ -144,6 +146,16 @@ class Sender:
         self._follow_readers(sink)
         host.report_sink("ok", "", sink.device)
         return sink
+
+    def _sink_config(self) -> Config:
+        """The config to (re)open the sink with. Like the sink settings, the virtual
+        camera's size (the camera's at start) holds until a restart: v4l2loopback
+        refuses another size while an app reads the device."""
+        cfg = self.host.config
+        w, h = self._size_wh
+        if (cfg.camera.width, cfg.camera.height) == (w, h):
+            return cfg
+        return dataclasses.replace(cfg, camera=dataclasses.replace(cfg.camera, width=w, height=h))
 
     def _close(self, sink: Sink) -> None:
         self._stop_watcher()

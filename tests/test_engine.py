@@ -506,6 +506,24 @@ def test_failing_writes_reopen_the_device(running, recorder) -> None:
     assert eng.status().sink == "ok"
 
 
+def test_a_reopened_virtual_camera_keeps_the_size_it_started_with(running, recorder, video: Path) -> None:
+    """The virtual camera's size follows the camera's at start, and changes with
+    a restart (config.yaml says so). After a reload that changed camera.width
+    and height, a reopen (failing writes) asked the device for the new size,
+    which v4l2loopback refuses while an app reads it: the camera stayed down."""
+    config = base_config(str(video))
+    bigger = dataclasses.replace(config, camera=dataclasses.replace(config.camera, width=640, height=480))
+    eng = running(config, load_config=lambda: bigger)
+    wait_for(lambda: recorder.instances and recorder.instances[0].count > 3)
+    eng.reload().result(3)
+    recorder.fail_sends = True
+    wait_for(lambda: eng.status().sink == "unavailable", timeout_s=3)
+    recorder.fail_sends = False
+    wait_for(lambda: len(recorder.instances) >= 2 and recorder.instances[-1].count > 3, timeout_s=4)
+    assert (recorder.instances[-1].width, recorder.instances[-1].height) == SIZE_WH
+    assert recorder.instances[-1].frames[-1].shape == (SIZE_WH[1], SIZE_WH[0], 3)
+
+
 def test_mirror_flips_before_the_pipeline(running, recorder, tmp_path: Path) -> None:
     seen: list[np.ndarray] = []
     pipeline = make_fake_pipeline([BOX], mode="off")
