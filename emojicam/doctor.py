@@ -532,7 +532,11 @@ def check_permissions(p: SystemProbe, device: v4l2.VideoDevice) -> Check:
 
 def check_camera(p: SystemProbe, emojicam_device: v4l2.VideoDevice | None) -> Check:
     src = p.camera_source
-    if emojicam_device is not None and (src == str(emojicam_device.path) or src == emojicam_device.number):
+    if emojicam_device is not None and (
+        src == emojicam_device.number
+        # a /dev/v4l/by-id/... or udev link names the same device
+        or (isinstance(src, str) and os.path.realpath(src) == os.path.realpath(emojicam_device.path))
+    ):
         return Check(
             "camera",
             "fail",

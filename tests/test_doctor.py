@@ -466,3 +466,15 @@ def test_reloading_the_module_says_to_stop_the_running_daemon_first(tmp_path: Pa
     assert fix.startswith("stop EmojiCam first (emojicam ctl quit), then: sudo modprobe -r v4l2loopback && ")
     probe.daemon_status = None
     assert by_name(doctor.run_checks(probe))["exclusive_caps"].fix.startswith("sudo modprobe -r v4l2loopback")
+
+
+def test_a_camera_source_linking_to_the_emojicam_device_is_caught(tmp_path: Path) -> None:
+    """A /dev/v4l/by-id/... (or udev) link to the loopback device is the EmojiCam
+    device too: the daemon would read its own output."""
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    (dev / "video10").touch()
+    (dev / "by-id-emojicam").symlink_to(dev / "video10")
+    probe = healthy(tmp_path, dev_root=dev, camera_source=str(dev / "by-id-emojicam"))
+    c = by_name(doctor.run_checks(probe))["camera"]
+    assert c.status == "fail" and "EmojiCam device itself" in c.detail
