@@ -226,6 +226,8 @@ def _install_signals(eng: Any) -> None:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+    if hasattr(signal, "SIGHUP"):  # the terminal that started us closed: stop as cleanly (not Windows)
+        signal.signal(signal.SIGHUP, handler)
 
 
 # ---------------------------------------------------------------- ctl

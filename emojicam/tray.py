@@ -9,7 +9,9 @@ or the paused icon while paused, idle or in mode ``off``.
 
 ``run_tray`` owns the main thread (pystray requires it, macOS strictly) and
 returns when the engine stops. When no tray works it logs why and how to
-fix it and returns False; the daemon then keeps running headless.
+fix it and returns False; the daemon then keeps running headless. When the
+icon starts but nothing on the desktop can show it (a bare X session, GNOME
+without its AppIndicator extension), ``no_tray_host`` says so, once.
 
 On Linux pystray picks its backend at import: ``appindicator`` or ``gtk``
 (both need PyGObject and the GTK 3 typelibs; both have a menu) or else
@@ -218,12 +220,18 @@ def open_path(path: Path) -> None:
     if sys.platform == "win32":
         os.startfile(path)  # type: ignore[attr-defined]  # noqa: S606
     else:
-        subprocess.Popen(
-            ["open" if sys.platform == "darwin" else "xdg-open", str(path)],  # noqa: S603
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        opener = "open" if sys.platform == "darwin" else "xdg-open"
+        try:
+            subprocess.Popen(
+                [opener, str(path)],  # noqa: S603
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as exc:  # a bare X session may have no xdg-open
+            fix = " (install xdg-utils: sudo apt install xdg-utils)" if opener == "xdg-open" else ""
+            log.warning("cannot open the config file with %s (%s)%s; open %s in a text editor",
+                        opener, exc.strerror or exc, fix, path)
 
 
 def to_pystray(pystray: Any, get_status: Callable[[], EngineStatus], dispatch: Callable[[str], None],
@@ -304,14 +312,20 @@ def explain_failure(
     if exc is not None:
         parts.append(f"no tray icon ({type(exc).__name__}: {exc}).")
     desktop = os.environ.get("XDG_CURRENT_DESKTOP", "")
-    if sys.platform.startswith("linux") and not (
-        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
-    ):
+    chosen = os.environ.get("PYSTRAY_BACKEND", "")
+    linux = sys.platform.startswith("linux")
+    if linux and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         parts.append(
             "There is no graphical session (DISPLAY is not set): start EmojiCam from your desktop "
             "session, or use --no-tray."
         )
-    elif sys.platform.startswith("linux"):
+        linux = False  # nothing below applies
+    elif exc is not None and backend is None and chosen:  # pystray tried that backend only
+        parts.append(
+            f"PYSTRAY_BACKEND={chosen} in your environment makes pystray try only that backend: unset "
+            "PYSTRAY_BACKEND to let it pick one that works."
+        )
+    if linux:
         if exc is not None and backend in GLIB_BACKENDS and "dbus" in str(exc).lower():
             parts.append(
                 f"The {backend} tray backend needs a D-Bus session bus: start EmojiCam from your desktop "
@@ -326,6 +340,80 @@ def explain_failure(
     else:
         parts.append("Meanwhile use 'emojicam ctl' to control it.")
     return " ".join(parts)
+
+
+def _xembed_tray_runs() -> bool | None:
+    """Whether a system tray (the XEmbed "notification area" of XFCE's, MATE's,
+    LXQt's panels, trayer, stalonetray...) owns its selection on this X
+    display: where the xorg and gtk backends dock, and the appindicator one
+    when no StatusNotifierItem host runs. None: cannot tell."""
+    try:
+        from Xlib import X
+        from Xlib import display as xdisplay
+
+        conn = xdisplay.Display()
+    except Exception:  # noqa: BLE001 - no Xlib, no X display: cannot tell
+        return None
+    try:
+        atom = conn.intern_atom(f"_NET_SYSTEM_TRAY_S{conn.get_default_screen()}")
+        return bool(conn.get_selection_owner(atom) != X.NONE)
+    except Exception:  # noqa: BLE001
+        return None
+    finally:
+        conn.close()
+
+
+def _status_notifier_host_runs() -> bool | None:
+    """Whether a StatusNotifierItem host (KDE Plasma, GNOME's AppIndicator
+    extension, the XFCE and LXQt plugins) is on the D-Bus session bus: where
+    the appindicator backend shows its icon. None: cannot tell."""
+    try:
+        from gi.repository import Gio, GLib
+
+        bus = Gio.bus_get_sync(Gio.BusType.SESSION, None)
+        reply = bus.call_sync(
+            "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "NameHasOwner",
+            GLib.Variant("(s)", ("org.kde.StatusNotifierWatcher",)), GLib.VariantType("(b)"),
+            Gio.DBusCallFlags.NONE, 2000, None,
+        )  # fmt: skip
+        return bool(reply.unpack()[0])
+    except Exception:  # noqa: BLE001 - no gi, no bus: cannot tell
+        return None
+
+
+def no_tray_host(backend: str) -> str | None:
+    """Why the icon of this Linux backend cannot show (no tray runs on this
+    desktop) and what to do; None when one runs or when we cannot tell."""
+    if backend not in ("xorg", *GLIB_BACKENDS):
+        return None
+    hosts = [_xembed_tray_runs()]
+    if backend == "appindicator":
+        hosts.append(_status_notifier_host_runs())
+    if not all(h is False for h in hosts):
+        return None
+    text = (
+        f"no system tray runs on this desktop (DISPLAY {os.environ.get('DISPLAY', '')}), so the tray icon "
+        "cannot show: add a system tray (notification area) to your panel, or start one "
+        "(stalonetray, trayer); the icon appears when it runs."
+    )
+    if "GNOME" in os.environ.get("XDG_CURRENT_DESKTOP", "").upper():
+        text += " " + GNOME_TRAY_ADVICE
+    return text + " Meanwhile use 'emojicam ctl' to control EmojiCam."
+
+
+class _DockFailures(logging.Filter):
+    """pystray's Xorg backend logs "Failed to dock icon" with a traceback at
+    every icon update while no tray runs (it docks at the next one after a
+    tray starts); ``no_tray_host`` has said why, once: to the debug log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage() != "Failed to dock icon":
+            return True
+        log.debug("pystray: the icon is not docked (no system tray yet)")
+        return False
+
+
+_DOCK_FAILURES = _DockFailures()
 
 
 def backend_name(pystray: Any) -> str:
@@ -511,11 +599,21 @@ def run_tray(
             backend,
             explain_failure(None, backend, headless=False),
         )
+    missing = no_tray_host(backend) if sys.platform.startswith("linux") else None
+    if missing:
+        log.warning("%s", missing)
+    if backend == "xorg":
+        logging.getLogger("pystray._base").addFilter(_DOCK_FAILURES)
+
+    titles = {  # the events that need the user (the engine reports a sink problem once, not per retry)
+        "config-error": "EmojiCam: config edit not applied",
+        "sink": "EmojiCam: virtual camera unavailable",
+    }
 
     def on_event(kind: str, message: str) -> None:
-        if kind == "config-error" and icon.HAS_NOTIFICATION:
+        if kind in titles and icon.HAS_NOTIFICATION:
             try:
-                icon.notify(fit_notification(message, backend), "EmojiCam: config edit not applied")
+                icon.notify(fit_notification(message, backend), titles[kind])
             except Exception:  # noqa: BLE001
                 log.debug("tray notification failed", exc_info=True)
 

@@ -192,3 +192,21 @@ def test_ctl_status_text_shows_the_detector_warning() -> None:
     assert "warning" not in _format_status(base)
     text = _format_status({**base, "detector_warning": "Haar face detector: turned faces may show"})
     assert text.splitlines()[-1] == "warning: Haar face detector: turned faces may show"
+
+
+def test_sighup_stops_cleanly(env: dict[str, str], clip: Path) -> None:
+    """Closing the terminal that runs 'emojicam run' sends SIGHUP: the daemon
+    stops as for SIGTERM (camera, device and socket released, said in the
+    log) instead of dying at once and leaving its socket behind."""
+    proc = start_daemon(env, clip)
+    try:
+        proc.send_signal(signal.SIGHUP)
+        rc = proc.wait(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _, err = proc.communicate()
+    assert rc == 0, err
+    assert not (Path(env["XDG_RUNTIME_DIR"]) / "emojicam" / "control.sock").exists()
+    assert "signal SIGHUP received" in err and "EmojiCam stopped" in err

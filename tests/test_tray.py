@@ -8,7 +8,9 @@ import dataclasses
 import importlib
 import logging
 import queue
+import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -648,3 +650,116 @@ def test_a_steady_menu_is_rebuilt_only_when_a_choice_or_state_changes() -> None:
     live.tick()
     assert live_icon.menu_updates == 2
     assert set(tray.STEADY_MENU_BACKENDS) == {"win32", "darwin"}
+
+
+def test_a_pystray_backend_setting_that_cannot_work_is_named(monkeypatch, caplog) -> None:
+    """PYSTRAY_BACKEND makes pystray try that backend only; when it fails, the
+    user is told that the variable is why and to unset it."""
+    monkeypatch.setenv("PYSTRAY_BACKEND", "appindicatorr")  # a typo
+    monkeypatch.setenv("DISPLAY", ":0")
+    for name in [m for m in sys.modules if m == "pystray" or m.startswith("pystray.")]:
+        monkeypatch.delitem(sys.modules, name)
+    with caplog.at_level(logging.WARNING):
+        assert tray.run_tray(RunnableEngine(status())) is False
+    assert "unknown backend" in caplog.text  # pystray's own reason
+    assert "PYSTRAY_BACKEND=appindicatorr" in caplog.text and "unset PYSTRAY_BACKEND" in caplog.text
+
+
+def _tray_clip(tmp_path: Path) -> Path:
+    from tests.factories import SELFIE_MP4, write_test_video
+
+    if SELFIE_MP4.exists():
+        return SELFIE_MP4
+    return write_test_video(tmp_path / "clip.avi", n_frames=45, size_wh=(640, 480))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="X11 tray (XEmbed): Linux only")
+@pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb not installed (apt-get install xvfb)")
+@pytest.mark.skipif(shutil.which("trayer") is None, reason="no tray host (apt-get install trayer)")
+@pytest.mark.skipif(shutil.which("xwininfo") is None, reason="no xwininfo (apt-get install x11-utils)")
+def test_a_bare_x_session_without_a_tray_says_so_once_and_docks_when_one_starts(tmp_path: Path) -> None:
+    """A bare X session (a window manager, no panel): pystray's Xorg backend
+    cannot dock. The daemon keeps running, says once why there is no icon and
+    what to do, does not fill the log with pystray's "Failed to dock icon"
+    tracebacks, and the icon docks once a tray starts."""
+    pytest.importorskip("Xlib", reason="python-xlib (a pystray dependency on Linux) is not installed")
+    from tests.factories import daemon_env, end_process
+    from tests.test_daemon_cli import REPO, emojicam
+    from tests.test_daemon_xvfb import find_window, xvfb_display
+
+    with xvfb_display() as display:
+        env = daemon_env(tmp_path, DISPLAY=display, PYSTRAY_BACKEND="xorg", XDG_CURRENT_DESKTOP="i3")
+        out_file = tmp_path / "daemon.log"
+        clip = str(_tray_clip(tmp_path))
+        with open(out_file, "wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "emojicam", "run", "--source", clip, "--sink", "null"],
+                env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+            )  # fmt: skip
+        try:
+
+            def said(text: str) -> bool:
+                assert proc.poll() is None, out_file.read_text()
+                return text in out_file.read_text()
+
+            wait_for(lambda: said("tray icon via the xorg backend"), timeout_s=60, poll_s=0.2)
+            wait_for(lambda: said("no system tray runs"), timeout_s=10, poll_s=0.2)
+            trayer = subprocess.Popen(
+                ["trayer", "--edge", "top", "--align", "right", "--widthtype", "request", "--height", "32"],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            try:  # the icon docks at its next update (the Xorg backend re-sends it every 2 s)
+                find_window(display, r"EmojiCam: [^\"]*", timeout_s=30, min_left=1100, max_right=1280)
+            finally:
+                end_process(trayer)
+            assert emojicam(env, "ctl", "quit").returncode == 0
+            assert proc.wait(15) == 0
+        finally:
+            if proc.poll() is None:
+                end_process(proc)
+    text = out_file.read_text()
+    assert text.count("no system tray runs") == 1, text
+    assert "stalonetray" in text and "emojicam ctl" in text
+    assert "Failed to dock icon" not in text and "Traceback" not in text, text
+    assert "EmojiCam stopped" in text
+
+
+def test_open_config_without_xdg_open_says_where_the_file_is(
+    dummy_pystray, tmp_path: Path, monkeypatch, caplog
+) -> None:
+    """A bare X session may lack xdg-open: the menu's "Open config file" then
+    tells which file to open, and how to get xdg-open, instead of a traceback."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("xdg-open: Linux")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    config = tmp_path / "cfg" / "config.yaml"
+    eng = FakeEngine(status())
+    menu = tray.to_pystray(dummy_pystray, eng.status, tray.Dispatcher(eng, config))
+    with caplog.at_level(logging.WARNING):
+        next(i for i in menu if i.text == "Open config file")(None)  # click
+    assert config.exists()  # created, as before
+    assert [r.levelno for r in caplog.records] == [logging.WARNING], caplog.text
+    assert f"open {config} in a text editor" in caplog.text and "xdg-utils" in caplog.text
+
+
+def test_a_virtual_camera_that_cannot_open_makes_a_notification(dummy_pystray, monkeypatch) -> None:
+    """The first run without v4l2loopback: the icon looks as usual, so the
+    user must be told (once: the engine reports each new sink problem once)
+    that the EmojiCam camera is missing, not only in a greyed menu line."""
+    Icon, made = loop_backend(monkeypatch, dummy_pystray, "pystray._dummy")
+    engine = RunnableEngine(status(sink="unavailable"))
+    detail = "no v4l2loopback device labelled 'EmojiCam': load the module (see 'emojicam doctor')"
+
+    def user() -> None:
+        wait_for(lambda: engine.listeners and made and made[0].changes, timeout_s=5)
+        for listener in engine.listeners:
+            listener("sink", detail)
+            listener("config-reloaded", "settings applied")  # not worth a notification
+        engine.shutdown.set()
+
+    driver = threading.Thread(target=user, daemon=True)
+    driver.start()
+    assert tray.run_tray(engine, exit_timeout_s=5) is True
+    driver.join(5)
+    assert made[0].notes == [(detail, "EmojiCam: virtual camera unavailable")]

@@ -155,10 +155,10 @@ def open_menus(display: str) -> list[tuple[int, int, int, int]]:
         d.close()
 
 
-@pytest.fixture
-def desktop(tmp_path: Path, gi_path: str) -> Iterator[dict[str, str]]:
-    """Xvfb + a D-Bus session bus + trayer; yields the daemon's environment
-    (without PYSTRAY_BACKEND)."""
+@contextlib.contextmanager
+def x_session(tmp_path: Path, gi_path: str, **extra: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """Xvfb + a D-Bus session bus and nothing else: yields (display, the
+    daemon's environment without PYSTRAY_BACKEND)."""
     pytest.importorskip("Xlib", reason="python-xlib (a pystray dependency on Linux) is not installed")
     with xvfb_display() as display:
         bus = tmp_path / "bus"
@@ -168,18 +168,27 @@ def desktop(tmp_path: Path, gi_path: str) -> Iterator[dict[str, str]]:
             DBUS_SESSION_BUS_ADDRESS=f"unix:path={bus}",
             GDK_BACKEND="x11",
             NO_AT_BRIDGE="1",  # no accessibility bus to start: faster, and nothing else on the bus
+            **extra,
         )
         if gi_path:
             env["PYTHONPATH"] += os.pathsep + gi_path
         with background(["dbus-daemon", "--session", "--nofork", f"--address=unix:path={bus}"], env):
             wait_for(bus.exists, timeout_s=30)  # generous: CI and this machine are often loaded
-            trayer = [
-                "trayer", "--edge", "top", "--align", "right", "--widthtype", "request",
-                "--height", "32", "--transparent", "false", "--tint", "0x303030",
-            ]  # fmt: skip
-            with background(trayer, env):
-                wait_for(lambda: tray_host_running(display), timeout_s=30, poll_s=0.1)
-                yield env
+            yield display, env
+
+
+@pytest.fixture
+def desktop(tmp_path: Path, gi_path: str) -> Iterator[dict[str, str]]:
+    """Xvfb + a D-Bus session bus + trayer; yields the daemon's environment
+    (without PYSTRAY_BACKEND)."""
+    with x_session(tmp_path, gi_path) as (display, env):
+        trayer = [
+            "trayer", "--edge", "top", "--align", "right", "--widthtype", "request",
+            "--height", "32", "--transparent", "false", "--tint", "0x303030",
+        ]  # fmt: skip
+        with background(trayer, env):
+            wait_for(lambda: tray_host_running(display), timeout_s=30, poll_s=0.1)
+            yield env
 
 
 @pytest.fixture
@@ -359,3 +368,27 @@ def test_ctrl_c_still_stops_cleanly_with_the_gtk_backend(run_daemon) -> None:
     assert daemon.proc.wait(10) == 0, daemon.log()
     assert not daemon.socket.exists()
     assert "signal SIGINT received" in daemon.log() and "EmojiCam stopped" in daemon.log()
+
+
+@pytest.mark.parametrize("backend", ["gtk", "appindicator"])
+def test_a_desktop_without_a_tray_says_so(gi_path: str, clip: Path, tmp_path: Path, backend: str) -> None:
+    """GNOME without its AppIndicator extension shows no tray icons at all: no
+    StatusNotifierItem host on D-Bus, no XEmbed tray on X. pystray's GTK
+    backends start without an error there, so the daemon must say itself
+    that the icon cannot show, and what to do."""
+    if BACKEND_CHECKS[backend] and _imports_gtk(gi_path, BACKEND_CHECKS[backend]).returncode != 0:
+        pytest.skip(f"pystray's {backend} backend needs the AppIndicator typelib")
+    with x_session(tmp_path, gi_path, XDG_CURRENT_DESKTOP="GNOME") as (_, env):
+        daemon = Daemon(env, clip, backend, tmp_path / f"daemon-{backend}.log")
+        try:
+            daemon.wait_status(timeout_s=30, camera="ok")
+            shown = f"tray icon via the {backend} backend"
+            wait_for(lambda: shown in daemon.log(), timeout_s=30, poll_s=0.2)
+            assert control.send_request({"cmd": "quit"}, path=daemon.socket, timeout_s=5)["ok"]
+            assert daemon.proc.wait(15) == 0
+        finally:
+            daemon.stop()
+    log = daemon.log()
+    assert log.count("no system tray runs") == 1, log
+    assert tray.GNOME_TRAY_ADVICE in log and "emojicam ctl" in log
+    assert "EmojiCam stopped" in log
