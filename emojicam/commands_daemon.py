@@ -109,6 +109,20 @@ def apply_cli_overrides(config: Config, args: argparse.Namespace) -> Config:
     return config
 
 
+def _source_option_problem(args: argparse.Namespace) -> str | None:
+    """A ``--source`` file that is not there: a typo on the command line is
+    refused at once (a missing webcam, or a ``camera.source`` file on a drive
+    not mounted yet, is retried instead)."""
+    from emojicam.sources import is_camera, parse_source
+
+    spec = parse_source(args.source) if getattr(args, "source", None) else None
+    if spec is None or is_camera(spec) or Path(str(spec)).is_file():
+        return None
+    what = "is a folder, not a video file" if Path(str(spec)).is_dir() else "no such video file"
+    return (f"--source {spec}: {what}; give a video file, a webcam index (0, 1, ...) "
+            "or a device path (/dev/video0)")
+
+
 def watched_config_paths(args: argparse.Namespace) -> list[Path]:
     paths = [user_config_path()]
     if getattr(args, "config", None):
@@ -137,6 +151,10 @@ def cmd_run(
         config = load()
     except ConfigError as exc:
         print(f"emojicam: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    problem = _source_option_problem(args)
+    if problem:
+        print(f"emojicam: {problem}", file=sys.stderr)
         return EXIT_USAGE
     log_file = logs.setup_logging(debug=debug, level=config.logging.level, folder=log_folder)
     lock = control.InstanceLock(lock_folder)

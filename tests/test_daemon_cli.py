@@ -210,3 +210,12 @@ def test_sighup_stops_cleanly(env: dict[str, str], clip: Path) -> None:
     assert rc == 0, err
     assert not (Path(env["XDG_RUNTIME_DIR"]) / "emojicam" / "control.sock").exists()
     assert "signal SIGHUP received" in err and "EmojiCam stopped" in err
+
+
+def test_a_source_file_given_on_the_command_line_must_exist(env: dict[str, str], tmp_path: Path) -> None:
+    """'run --source clip.mp4' with a typo started a daemon that showed the
+    placeholder and retried the missing file forever."""
+    done = emojicam(env, "run", "--no-tray", "--sink", "null", "--source", str(tmp_path / "nosuch.mp4"))
+    assert done.returncode == 2
+    assert "nosuch.mp4: no such video file" in done.stderr and "Traceback" not in done.stderr
+    assert "--source" in done.stderr
