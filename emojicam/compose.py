@@ -179,7 +179,8 @@ class EmojiCompositor:
         spot = badge_spot(box, side, size_wh, keep=self._badge_spot.get(result.track_id))
         self._badge_spot[result.track_id] = spot
         x0, y0 = badge_position(box, side, size_wh, spot)
-        blend_sprite(out, self.emoji.sprite(result.emotion, side), x0, y0)
+        # Through _place: a huge badge is rendered only where it is visible.
+        self._place(out, result.emotion, side, 0.0, x0 + side / 2.0, y0 + side / 2.0)
 
     def _label_layout(self, result: FaceResult, size_wh: tuple[int, int]) -> LabelLayout:
         """``label_layout`` for a face, keeping its tag's and chart's spots of the last frame."""

@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 #: Art larger than this (per side) is reduced at load; the sprites are scaled from it.
 MAX_SOURCE_SIDE_PX = 512
 MAX_FILE_SIDE_PX = 4096  # a larger PNG is refused before it is decoded (memory: 4 bytes a pixel)
+#: Smaller art (a 1x1 swatch, a 16 px icon) is enlarged to this at load, edges
+#: kept: a warp that enlarges it 100-fold would blend its edge pixels with the
+#: transparent outside across the whole sprite.
+MIN_SOURCE_SIDE_PX = 32
 #: Rotations are rounded to this many degrees (cache key).
 ANGLE_STEP_DEG = 5.0
 #: Sprites larger than this are not cached (see ``EmojiSet.render_region``).
@@ -61,6 +65,10 @@ OPAQUE_ALPHA = 0.95
 #: eyes, a translucent face) is drawn there over its own fill colour
 #: (``EmojiArt.mask_bgra``): a face must never show through a hole in the mask.
 MASK_OPAQUE_RADIUS_FRAC = 0.35
+#: How far (in art pixels) from a point a bilinear sample reaches: the pixel
+#: centres around it, up to one pixel away on each axis. Sprites are mostly the
+#: art enlarged, so a disk is opaque only this far inside its opaque pixels.
+RESAMPLE_REACH_PX = math.sqrt(2.0)
 
 _PIL_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 
@@ -75,8 +83,9 @@ class EmojiArt:
 
     ``premul_bgra``: square float32 image, colour premultiplied by alpha, all
     values in [0, 1]. ``opaque_radius_frac``: radius of the largest disk about
-    the centre that is fully opaque, as a fraction of the side (0.5 for an
-    opaque square; about 0.45 for the bundled round faces). ``fill_bgr``: the
+    the centre that is fully opaque, also once resampled (``RESAMPLE_REACH_PX``),
+    as a fraction of the side (just under 0.5 for an opaque square; about 0.44
+    for the bundled round faces). ``fill_bgr``: the
     art's typical opaque colour, used to fill under it where it must hide a
     face completely. ``source``: the file it came from, None if drawn.
     ``mask_bgra``: what replace mode draws when the art is not opaque out to
@@ -101,6 +110,9 @@ class EmojiArt:
     @classmethod
     def from_premultiplied(cls, premul_bgra: np.ndarray, source: Path | None = None) -> EmojiArt:
         art = _to_square(np.ascontiguousarray(premul_bgra, dtype=np.float32))
+        if art.shape[0] < MIN_SOURCE_SIDE_PX:  # cv2.resize repeats the edge: it stays opaque
+            side = (MIN_SOURCE_SIDE_PX, MIN_SOURCE_SIDE_PX)
+            art = cv2.resize(art, side, interpolation=cv2.INTER_LINEAR).reshape(*side, 4)
         r_frac = _opaque_radius_frac(art)
         fill = _fill_colour(art)
         mask = _over_fill(art, fill) if r_frac < MASK_OPAQUE_RADIUS_FRAC else None
@@ -369,7 +381,7 @@ def read_art(path: Path) -> tuple[EmojiArt, str | None]:
                 )
             im.load()
             has_alpha = im.mode in _PIL_ALPHA_MODES or "transparency" in im.info
-            art = im.convert("RGBA")
+            art = _grey16_to_rgba(im) if im.mode.startswith("I") else im.convert("RGBA")
             if max(w, h) > MAX_SOURCE_SIDE_PX:
                 # Reduced in uint8 before the float32 copy below (4x the bytes); Pillow
                 # resamples RGBA premultiplied, so edges do not take the colour of transparent pixels.
@@ -385,6 +397,18 @@ def read_art(path: Path) -> tuple[EmojiArt, str | None]:
     premul = _premultiply_rgba8(rgba)
     note = None if has_alpha else "has no alpha channel; it is used as an opaque square"
     return EmojiArt.from_premultiplied(premul, path), note
+
+
+def _grey16_to_rgba(im: Image.Image) -> Image.Image:
+    """A 16-bit grayscale PNG (Pillow mode I;16 or I) as RGBA: Pillow's own
+    conversion clips every value above 255, which turns the art white."""
+    grey = np.asarray(im).astype(np.float32)
+    grey8 = np.clip(np.rint(grey / 257.0), 0, 255).astype(np.uint8)
+    key = im.info.get("transparency")
+    alpha = np.full_like(grey8, 255)
+    if isinstance(key, int):  # tRNS: the one grey level that is transparent
+        alpha[grey == key] = 0
+    return Image.fromarray(np.dstack([grey8, grey8, grey8, alpha]))
 
 
 def _premultiply_rgba8(rgba: np.ndarray) -> np.ndarray:
@@ -407,13 +431,12 @@ def _to_square(premul: np.ndarray) -> np.ndarray:
 
 def _opaque_radius_frac(premul: np.ndarray) -> float:
     n = premul.shape[0]
-    ys, xs = np.nonzero(premul[:, :, 3] < OPAQUE_ALPHA)
-    if len(ys) == 0:
-        return 0.5
-    c = n / 2.0
-    # Distance from the centre to the nearest point of any non-opaque pixel
-    # (pixel centres are at i + 0.5; subtract half a diagonal to be safe).
-    d = np.hypot(xs + 0.5 - c, ys + 0.5 - c) - math.sqrt(0.5)
+    # Outside the art counts as transparent (a warp blends the edge with it).
+    ys, xs = np.nonzero(np.pad(premul[:, :, 3] < OPAQUE_ALPHA, 1, constant_values=True))
+    c = n / 2.0 + 1.0
+    # Distance from the centre to the nearest non-opaque pixel centre (at
+    # i + 0.5), less what a bilinear sample reaches: samples inside are opaque.
+    d = np.hypot(xs + 0.5 - c, ys + 0.5 - c) - RESAMPLE_REACH_PX
     return float(max(0.0, min(0.5, d.min() / n)))
 
 
@@ -426,9 +449,10 @@ def _seal_disk(premul: np.ndarray, r_frac: float) -> np.ndarray:
     n = premul.shape[0]
     yy, xx = np.mgrid[0:n, 0:n]
     c = n / 2.0
-    inside = np.hypot(xx + 0.5 - c, yy + 0.5 - c) <= r_frac * n
+    # Every pixel a sample inside the disk reaches (all >= OPAQUE_ALPHA).
+    inside = np.hypot(xx + 0.5 - c, yy + 0.5 - c) <= r_frac * n + RESAMPLE_REACH_PX
     alpha = premul[:, :, 3]
-    seal = inside & (alpha < 1.0) & (alpha > 0.0)
+    seal = inside & (alpha < 1.0) & (alpha >= OPAQUE_ALPHA)
     if not seal.any():
         return premul
     out = premul.copy()
@@ -438,12 +462,13 @@ def _seal_disk(premul: np.ndarray, r_frac: float) -> np.ndarray:
 
 
 def _over_fill(premul: np.ndarray, fill_bgr: tuple[int, int, int]) -> np.ndarray:
-    """``premul`` laid over ``fill_bgr`` inside a disk a pixel wider than
-    ``MASK_OPAQUE_RADIUS_FRAC`` of its side: that disk is then fully opaque."""
+    """``premul`` laid over ``fill_bgr`` inside a disk a pixel (and what a
+    resampler reaches) wider than ``MASK_OPAQUE_RADIUS_FRAC`` of its side:
+    that disk is then fully opaque, also when enlarged."""
     n = premul.shape[0]
     yy, xx = np.mgrid[0:n, 0:n]
     c = n / 2.0
-    inside = np.hypot(xx + 0.5 - c, yy + 0.5 - c) <= MASK_OPAQUE_RADIUS_FRAC * n + 1.0
+    inside = np.hypot(xx + 0.5 - c, yy + 0.5 - c) <= MASK_OPAQUE_RADIUS_FRAC * n + 1.0 + RESAMPLE_REACH_PX
     out = premul.copy()
     under = 1.0 - premul[inside, 3:4]
     out[inside, :3] = premul[inside, :3] + under * (np.array(fill_bgr, np.float32) / 255.0)

@@ -27,6 +27,7 @@ from emojicam.compose import (
     SIDE_GRID_RATIO,
     EmojiCompositor,
     badge_position,
+    blend_sprite,
     grid_side,
     grown_at_edges,
     label_layout,
@@ -252,6 +253,18 @@ def test_replace_covers_with_translucent_art():
                                beyond_the_box=True)
 
 
+def test_replace_disk_beyond_the_box_stays_opaque_on_large_faces(emoji_set):
+    """A face close to the camera (a sprite of 500 to 1,900 px, scaled up from
+    the 256 px art): the disk through the box corners (forehead and chin) stays
+    fully opaque. Before, the opaque radius was measured for the art's pixels,
+    not for the bilinear enlargement, which reaches a pixel further: the
+    background showed through a thin ring there (by up to 4/255)."""
+    comp = EmojiCompositor.create(EmojiConfig(), PrivacyConfig(enabled=False), emoji_set)
+    for w, h in [(311, 311), (442, 442), (689, 792), (945, 945)]:
+        assert_boxes_fully_covered(comp, (w + 80, h + 80), _results(make_box(40, 40, w, h)),
+                                   beyond_the_box=True)
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     size_wh=st.tuples(st.integers(1, 160), st.integers(1, 120)),
@@ -447,6 +460,37 @@ def test_decorate_badge_returns_above_the_head_once_there_is_room(emoji_set):
              for b in jitter]
     assert all(x >= 500 for x, *_ in other)
     assert set(comp._badge_spot) == {2}  # forgotten with the face
+
+
+def test_decorate_renders_only_the_visible_part_of_a_huge_badge(emoji_set):
+    """A badge larger than the sprite cache takes (a face close to a 4K camera,
+    or a large ``badge_scale``) is rendered only where it lands in the frame,
+    as replace mode does, not in full (uncached, every frame) and then clipped."""
+    rendered: list[tuple[int, int]] = []
+
+    class Spy(EmojiSet):
+        def sprite(self, *args, **kwargs):
+            s = super().sprite(*args, **kwargs)
+            rendered.append(s.size_wh)
+            return s
+
+        def render_region(self, *args, **kwargs):
+            s = super().render_region(*args, **kwargs)
+            rendered.append(s.size_wh)
+            return s
+
+    spy = Spy({e: emoji_set.art(e) for e in Emotion})
+    comp = EmojiCompositor.create(EmojiConfig(badge_scale=2.0), PrivacyConfig(), spy)
+    image = make_scene((320, 240))
+    box = make_box(40, 150, 700, 700)
+    out = comp.compose(image, _results(box), "decorate")
+    assert rendered and all(w <= 320 and h <= 240 for w, h in rendered), rendered
+    # Same picture as the full badge clipped to the frame.
+    side = grid_side(2.0 * 700)
+    full = image.copy()
+    blend_sprite(full, emoji_set.sprite(Emotion.ANGRY, side), *badge_position(box, side, (320, 240)))
+    diff = np.abs(out.astype(int) - full.astype(int))
+    assert np.any(out != image) and diff.mean() < 1.0 and np.mean(diff.max(axis=2) > 16) < 0.01
 
 
 # ---------------------------------------------------------------- label

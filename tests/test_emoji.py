@@ -209,6 +209,36 @@ def test_png_without_alpha_is_used_as_opaque_square_with_warning(tmp_path, caplo
     assert np.all(a[10:50] == 1.0) and np.all(a[:10] == 0) and np.all(a[50:] == 0)
 
 
+@pytest.mark.parametrize("side_px", [1, 4])
+def test_tiny_png_is_drawn_as_a_flat_square_not_a_blur(tmp_path, side_px):
+    """A 1x1 or 4x4 PNG without alpha (a flat colour swatch) is used as an
+    opaque square at any size; before, enlarging it blended it with the
+    transparent border into a blurred, see-through tent."""
+    folder = _user_folder(tmp_path)
+    write_png(folder / "happy.png", np.full((side_px, side_px, 3), (10, 200, 30), np.uint8))
+    es = EmojiSet.load(folder)
+    for mask in (False, True):
+        s = es.sprite(Emotion.HAPPY, 120, mask=mask)
+        inner = (slice(2, -2), slice(2, -2))
+        assert s.alpha[inner].min() == 255, (side_px, mask)
+        assert np.array_equal(np.unique(s.premul_bgr[inner].reshape(-1, 3), axis=0), [[30, 200, 10]])
+
+
+def test_16_bit_grayscale_png_keeps_its_grey(tmp_path):
+    """A 16-bit grayscale PNG (Pillow mode I;16) is scaled to 8 bits; before,
+    Pillow's conversion clipped every value above 255 and the art came out white."""
+    import cv2
+
+    folder = _user_folder(tmp_path)
+    grey16 = np.full((32, 32), 20000, np.uint16)  # 20000 / 257 = 78 in 8 bits
+    grey16[:, :8] = 65535
+    assert cv2.imwrite(str(folder / "sad.png"), grey16)
+    art = EmojiSet.load(folder).art(Emotion.SAD)
+    assert art.source == folder / "sad.png"
+    assert np.allclose(art.premul_bgra[16, 20], [78 / 255, 78 / 255, 78 / 255, 1.0], atol=1 / 255)
+    assert np.allclose(art.premul_bgra[16, 2], 1.0)
+
+
 def test_palette_png_with_transparency_counts_as_having_alpha(tmp_path, caplog):
     folder = _user_folder(tmp_path)
     write_png(folder / "sad.png", make_rgba_art(32, rgb=(0, 0, 255)), mode="P")
