@@ -244,7 +244,9 @@ def _install_signals(eng: Any) -> None:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
-    if hasattr(signal, "SIGHUP"):  # the terminal that started us closed: stop as cleanly (not Windows)
+    # The terminal that started us closed: stop as cleanly (not Windows). Not when
+    # started with SIGHUP ignored ('nohup emojicam run &'): that asks to outlive it.
+    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
         signal.signal(signal.SIGHUP, handler)
 
 

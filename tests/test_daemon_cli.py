@@ -6,6 +6,7 @@ SIGINT stop it within 2 s, removing the socket."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import stat
 import subprocess
@@ -47,6 +48,13 @@ def emojicam(env: dict[str, str], *args: str, timeout_s: float = 20) -> subproce
     )
 
 
+def _default_sighup() -> None:
+    """In the child: SIGHUP as a terminal gives it, even if these tests run
+    under 'nohup' (an ignored SIGHUP is inherited, and the daemon keeps it)."""
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def start_daemon(env: dict[str, str], clip: Path) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "emojicam", "run", "--no-tray", "--source", str(clip), "--sink", "null"],
@@ -55,6 +63,7 @@ def start_daemon(env: dict[str, str], clip: Path) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         cwd=REPO,
+        preexec_fn=_default_sighup if os.name == "posix" else None,  # noqa: PLW1509 - no threads start there
     )
     sock = Path(env["XDG_RUNTIME_DIR"]) / "emojicam" / "control.sock"
     deadline = time.monotonic() + 30
@@ -194,6 +203,7 @@ def test_ctl_status_text_shows_the_detector_warning() -> None:
     assert text.splitlines()[-1] == "warning: Haar face detector: turned faces may show"
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on Windows")
 def test_sighup_stops_cleanly(env: dict[str, str], clip: Path) -> None:
     """Closing the terminal that runs 'emojicam run' sends SIGHUP: the daemon
     stops as for SIGTERM (camera, device and socket released, said in the
@@ -219,3 +229,25 @@ def test_a_source_file_given_on_the_command_line_must_exist(env: dict[str, str],
     assert done.returncode == 2
     assert "nosuch.mp4: no such video file" in done.stderr and "Traceback" not in done.stderr
     assert "--source" in done.stderr
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on Windows")
+def test_sighup_ignored_by_nohup_stays_ignored() -> None:
+    """'nohup emojicam run &' starts the daemon with SIGHUP ignored, so that it
+    outlives the terminal; the SIGHUP handler must not undo that (it made the
+    daemon stop when that terminal closed)."""
+    from emojicam.commands_daemon import _install_signals
+
+    names = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+    saved = {s: signal.getsignal(s) for s in names}
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        _install_signals(object())
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert callable(signal.getsignal(signal.SIGTERM))  # the others are still handled
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)  # started from a terminal: SIGHUP stops cleanly
+        _install_signals(object())
+        assert callable(signal.getsignal(signal.SIGHUP))
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
