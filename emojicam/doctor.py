@@ -433,13 +433,14 @@ def check_device(p: SystemProbe) -> tuple[list[Check], v4l2.VideoDevice | None]:
                    if os.path.realpath(d.path) == wanted]
         found = devices[0] if devices else None
         if found is None:
+            loaded = _loaded(p.proc_modules)  # loading a loaded module again does nothing
+            load = v4l2.reload_line(p.label) if loaded else v4l2.modprobe_line(p.label)
             return [
                 Check(
                     "device",
                     "fail",
                     f"sink.device {p.explicit_device} does not exist",
-                    f"set sink.device: null to find the device labelled {p.label!r}, "
-                    f"or {v4l2.modprobe_line(p.label)}",
+                    f"set sink.device: null to find the device labelled {p.label!r}, or {load}",
                 )
             ], None
     else:

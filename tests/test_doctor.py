@@ -220,6 +220,9 @@ def test_explicit_device(tmp_path: Path) -> None:
     assert c["device"].status == "ok"
     c = by_name(doctor.run_checks(healthy(tmp_path, explicit_device="/dev/video55")))
     assert c["device"].status == "fail" and "does not exist" in c["device"].detail
+    assert "modprobe -r v4l2loopback &&" in c["device"].fix  # loaded: a second modprobe does nothing
+    c = by_name(doctor.run_checks(healthy(tmp_path, explicit_device="/dev/video55", proc_modules="")))
+    assert "modprobe -r" not in c["device"].fix and "sudo modprobe v4l2loopback" in c["device"].fix
     c = by_name(doctor.run_checks(healthy(tmp_path, explicit_device="video10")))
     assert c["device"].status == "fail" and "'video10' is not a device path" in c["device"].detail
     assert "such as /dev/video10" in c["device"].fix
