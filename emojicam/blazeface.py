@@ -240,13 +240,14 @@ class BlazeFaceDetector:
         """Which models run this call: those that found a face lately, and each
         of the others once every ``discovery_every_n`` calls (every other call
         when the last call found nothing); models that are only looking take
-        turns, and at least one always runs."""
+        turns (unless ``discovery_every_n`` is 1: then both look on every
+        call), and at least one always runs."""
         every_n = self.discovery_every_n if self._last_count else min(2, self.discovery_every_n)
         short_busy = self._short.recently_found(call, every_n)
         full_busy = self._full.recently_found(call, every_n)
         run_short = short_busy or self._short.looking_due(call, every_n)
         run_full = full_busy or self._full.looking_due(call, every_n)
-        if not (short_busy or full_busy) and run_short == run_full:
+        if not (short_busy or full_busy) and run_short == run_full and every_n > 1:
             run_short = self._short.last_run <= self._full.last_run
             run_full = not run_short
         return run_short, run_full

@@ -344,6 +344,18 @@ def test_the_discovery_interval_comes_from_the_config(detector_paths) -> None:
     assert detector.discovery_every_n == 6
 
 
+def test_a_discovery_interval_of_one_runs_both_models_on_every_call() -> None:
+    """``detector.discovery_every_n_frames: 1``: every model looks for faces on
+    every frame (config.yaml). In an empty scene the two took turns, so a face
+    that only the model off duty could see got its emoji a frame late (selfie
+    frames 108 and 473, where the face comes back)."""
+    detector, short, full = scripted_detector(every_n=1)
+    assert run_calls(detector, 4) == [0] * 4
+    assert short.runs == 4 and full.runs == 4
+    full.sees = [SMALL]  # a distant face appears
+    assert run_calls(detector, 1) == [1]
+
+
 def test_a_distant_face_costs_one_full_range_run_per_call() -> None:
     detector, short, full = scripted_detector(every_n=4)
     full.sees = [SMALL]
