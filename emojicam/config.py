@@ -58,7 +58,7 @@ class DetectorConfig:
     backend: Literal["auto", "blazeface", "haar"] = "auto"
     max_side_px: int = _num(480, 64, 4096)  # detect on a copy no larger than this
     min_face_px: int = _num(32, 4, 4096)  # in full-resolution pixels
-    min_score: float = _num(0.5, 0.0, 1.0)
+    min_score: float = _num(0.5, 0.05, 1.0)  # at 0 every anchor is a face
     every_n_frames: int = _num(1, 1, 60)
     full_range: bool = True  # BlazeFace: also look for small, distant faces
     # BlazeFace: a model that sees no face lately looks for newcomers every Nth frame

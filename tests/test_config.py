@@ -95,6 +95,9 @@ def test_config_is_frozen():
         ({"detector": {"min_score": float("nan")}}, "f.yaml: detector.min_score: expected a number"),
         # at 0 every anchor counts: a frame full of emoji at 2 fps
         ({"privacy": {"min_score": 0}}, "f.yaml: privacy.min_score: expected a number from 0.05 to 1, got 0"),
+        # the same for the detector's own threshold (replace mode covers from the lower of the two)
+        ({"detector": {"min_score": 0}},
+         "f.yaml: detector.min_score: expected a number from 0.05 to 1, got 0"),
         ({"camera": {"source": -3}},
          "f.yaml: camera.source: expected a whole number >= 0 or a string, got -3"),
     ],
