@@ -12,9 +12,11 @@ model classifies both crops of the same box.
 
     python benchmarks/edge_crops.py [--faces 800] [--offset 0]
 
-Prints, per cut: faces found, accuracy on the stretched crop, accuracy on the
-framed crop. Needs ``../shared`` beside the checkout and ``emojicam models
-install``. About 3 minutes per 800 faces on one core.
+Prints, per cut: faces found, accuracy on the stretched crop, on the crop
+framed around the box clipped to the frame (as in session 12), and on the crop
+framed around the detector's whole box (``FaceBox.classifier_xywh``, session
+15). Needs ``../shared`` beside the checkout and ``emojicam models install``.
+About 3 minutes per 800 faces on one core.
 """
 
 from __future__ import annotations
@@ -64,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     detector = BlazeFaceDetector.create(DetectorConfig(min_face_px=10))
     margins = crop_margins_for(detector)
     print(f"{len(faces)} PublicTest faces from #{args.offset}")
-    print("cut | faces found | stretched crop | framed crop")
+    print("cut | faces found | stretched crop | framed on the clipped box | framed on the detected box")
     for name, cut in CUTS.items():
-        stretched, framed = [], []
+        stretched, framed, whole = [], [], []
         for face, label in zip(faces, labels, strict=True):
             big = cv2.resize(face, (SIDE, SIDE), interpolation=cv2.INTER_CUBIC)
             canvas = cv2.copyMakeBorder(big, PAD, PAD, PAD, PAD, cv2.BORDER_REPLICATE)
@@ -74,13 +76,20 @@ def main(argv: list[str] | None = None) -> int:
             boxes = detector.detect(frame)
             if not boxes:
                 continue
-            box = max(boxes, key=lambda b: b.score).xywh
+            best = max(boxes, key=lambda b: b.score)
+            box = best.xywh  # clipped to the frame
             x, y, w, h = crop_box_xywh(box, (frame.shape[1], frame.shape[0]), margins)
-            pair = [frame[y : y + h, x : x + w], fer_crop(frame, box, margins)]
-            top = classifier.predict(batch_to_model_input(pair)).argmax(axis=1)
+            crops = [
+                frame[y : y + h, x : x + w],
+                fer_crop(frame, box, margins),
+                fer_crop(frame, best.classifier_xywh, margins),  # what the classifier uses
+            ]
+            top = classifier.predict(batch_to_model_input(crops)).argmax(axis=1)
             stretched.append(top[0] == label)
             framed.append(top[1] == label)
-        print(f"{name} | {len(framed)} | {np.mean(stretched):.1%} | {np.mean(framed):.1%}", flush=True)
+            whole.append(top[2] == label)
+        rates = " | ".join(f"{np.mean(hits):.1%}" for hits in (stretched, framed, whole))
+        print(f"{name} | {len(framed)} | {rates}", flush=True)
     return 0
 
 

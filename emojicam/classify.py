@@ -111,7 +111,7 @@ class TFLiteClassifier:
         return self
 
     def classify(self, image_bgr: np.ndarray, boxes: Sequence[FaceBox]) -> list[EmotionScores]:
-        crops = [fer_crop(image_bgr, box.xywh, self.crop_margins) for box in boxes]
+        crops = [fer_crop(image_bgr, box.classifier_xywh, self.crop_margins) for box in boxes]
         valid = [c for c in crops if c is not None and c.size > 0]
         probs = iter(self.predict(batch_to_model_input(valid)) if valid else [])
         return [

@@ -54,7 +54,10 @@ class Frame:
 @dataclass(frozen=True)
 class FaceBox:
     """A detected face. ``left_eye_xy``/``right_eye_xy`` are the subject's
-    eyes (left eye on the image's right) when the detector provides them."""
+    eyes (left eye on the image's right) when the detector provides them.
+    ``detected_xywh``: the detector's box before ``clipped`` cut it to the
+    frame (None when not cut), so that the classifier can frame a face the
+    frame's edge cuts as FER-2013 frames faces (``classifier_xywh``)."""
 
     x: int
     y: int
@@ -63,6 +66,7 @@ class FaceBox:
     score: float = 1.0
     left_eye_xy: tuple[float, float] | None = None
     right_eye_xy: tuple[float, float] | None = None
+    detected_xywh: tuple[int, int, int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.w < 0 or self.h < 0:
@@ -71,6 +75,13 @@ class FaceBox:
     @property
     def xywh(self) -> tuple[int, int, int, int]:
         return self.x, self.y, self.w, self.h
+
+    @property
+    def classifier_xywh(self) -> tuple[int, int, int, int]:
+        """The box to frame the classifier's crop around: the whole face as
+        detected, also where the frame cuts it (a clipped box, squeezed into
+        48x48, would stretch the face)."""
+        return self.detected_xywh or self.xywh
 
     @property
     def center_xy(self) -> tuple[float, float]:
@@ -125,7 +136,10 @@ class FaceBox:
         x1, y1 = min(w_img, self.x + self.w), min(h_img, self.y + self.h)
         if x1 <= x0 or y1 <= y0:
             return None
-        return FaceBox(x0, y0, x1 - x0, y1 - y0, self.score, self.left_eye_xy, self.right_eye_xy)
+        if (x0, y0, x1 - x0, y1 - y0) == self.xywh:
+            return self
+        return FaceBox(x0, y0, x1 - x0, y1 - y0, self.score, self.left_eye_xy, self.right_eye_xy,
+                       self.classifier_xywh)
 
 
 @dataclass(frozen=True)

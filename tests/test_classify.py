@@ -172,3 +172,30 @@ def test_a_model_output_that_is_not_finite_gives_scores_not_an_error(row, expect
     with np.errstate(all="raise"):  # and without a warning on every frame
         (scores,) = clf.classify(make_image((160, 120)), [make_box(40, 20, 60, 60)])
     assert scores.probs == pytest.approx(np.asarray(expected, np.float32))
+
+
+def test_a_face_the_frame_cuts_is_framed_around_the_detectors_whole_box(classifier, monkeypatch):
+    """A forehead above a close webcam shot: the detector's box reaches above
+    the frame and is clipped to it. Framed around the clipped box the crop is
+    squeezed into 48x48 (the face stretched); the classifier frames the whole
+    box instead, the missing part filled from the edge."""
+    from emojicam import classify as classify_module
+    from emojicam.preprocess import fer_crop
+    from emojicam.types import FaceBox
+
+    frame = make_image((320, 240))
+    cut = FaceBox(100, -40, 120, 120).clipped((320, 240))
+    assert cut is not None and cut.xywh == (100, 0, 120, 80)
+    seen: list[np.ndarray] = []
+    real = classify_module.fer_crop
+
+    def spy(image, box_xywh, margins):
+        crop = real(image, box_xywh, margins)
+        seen.append(crop)
+        return crop
+
+    monkeypatch.setattr(classify_module, "fer_crop", spy)
+    classifier.classify(frame, [cut])
+    whole = fer_crop(frame, (100, -40, 120, 120), classifier.crop_margins)
+    assert seen[0].shape == whole.shape and np.array_equal(seen[0], whole)
+    assert abs(seen[0].shape[0] - seen[0].shape[1]) <= 2  # square, as FER-2013 frames a face

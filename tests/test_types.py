@@ -34,7 +34,11 @@ def test_box_iou_and_clip():
     assert a.iou(a) == 1.0
     assert a.iou(FaceBox(5, 0, 10, 10)) == pytest.approx(50 / 150)
     assert a.iou(FaceBox(20, 20, 5, 5)) == 0.0
-    assert FaceBox(-5, -5, 10, 10).clipped((100, 100)) == FaceBox(0, 0, 5, 5)
+    clipped = FaceBox(-5, -5, 10, 10).clipped((100, 100))
+    assert clipped is not None and clipped.xywh == (0, 0, 5, 5)
+    assert clipped.classifier_xywh == (-5, -5, 10, 10)  # the classifier frames the whole face
+    assert clipped.clipped((4, 4)).classifier_xywh == (-5, -5, 10, 10)  # clipped again: still the detector's
+    assert FaceBox(1, 1, 5, 5).clipped((100, 100)).classifier_xywh == (1, 1, 5, 5)  # not cut
     assert FaceBox(200, 0, 10, 10).clipped((100, 100)) is None
     with pytest.raises(ValueError):
         FaceBox(0, 0, -1, 5)
