@@ -16,6 +16,7 @@ class R:
     zoom: float = 0.0
     erase_prob: float = 0.0
     mixup: float = 0.0
+    brightness: float = 0.0
 
 
 def _faces(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -102,3 +103,21 @@ def test_same_generator_seed_gives_the_same_batch():
     b = augment_batch(x, y, recipe, np.random.default_rng([1, 2, 3]))
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_brightness_scales_each_image_by_its_own_gain_within_the_range():
+    """Webcam faces are darker than FER-2013's: ``brightness`` multiplies each
+    image by a gain in [1 - b, 1 + b], clipped to 0..255."""
+    n = 64
+    x = np.full((n, 48, 48, 1), 100.0, np.float32)
+    x[n // 2 :] = 240.0  # bright images: a gain above 1.06 saturates them
+    y = np.eye(7, dtype=np.float32)[np.zeros(n, int)]
+    out, _ = augment_batch(x, y, R(brightness=0.4), np.random.default_rng(5))
+    levels = out.reshape(n, -1)
+    assert np.all(levels.min(axis=1) == levels.max(axis=1))  # one gain for the whole image
+    dark, bright = levels[: n // 2, 0], levels[n // 2 :, 0]
+    assert dark.min() >= 60.0 - 1e-3 and dark.max() <= 140.0 + 1e-3
+    assert dark.std() > 10.0  # gains differ between images
+    assert bright.max() == 255.0 and bright.min() >= 144.0 - 1e-3
+    same, _ = augment_batch(x, y, R(), np.random.default_rng(5))
+    assert np.array_equal(same, x)  # off by default: the images are untouched

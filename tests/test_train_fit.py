@@ -156,6 +156,25 @@ def test_random_crop_cuts_each_image_of_a_batch_at_its_own_place():
     assert len(set(offsets)) > 10  # not one place for the whole batch
 
 
+def test_the_tf_augmenter_applies_brightness_like_the_numpy_one():
+    """The tf.data pipeline (TensorFlow) and ``augment_batch`` (other
+    backends) apply the same recipe: one gain in [1 - b, 1 + b] per image."""
+    tf = pytest.importorskip("tensorflow", reason="the tf.data augmenter needs the 'train' extra")
+    from train.fit import _augmenter
+
+    tf.random.set_seed(6)
+    n = 32
+    x = np.full((n, 48, 48, 1), 100.0, np.float32)
+    y = np.eye(7, dtype=np.float32)[np.zeros(n, int)]
+    recipe = Recipe(rotate_deg=0.0, zoom=0.0, erase_prob=0.0, mixup=0.0, brightness=0.4)
+    out, _ = _augmenter(recipe, seed=3)(tf.constant(x), tf.constant(y))
+    levels = out.numpy().reshape(n, -1)
+    assert np.allclose(levels.min(axis=1), levels.max(axis=1), atol=1e-3)
+    assert levels.min() >= 60.0 - 1e-3 and levels.max() <= 140.0 + 1e-3 and levels[:, 0].std() > 10.0
+    plain, _ = _augmenter(dataclasses.replace(recipe, brightness=0.0), seed=3)(tf.constant(x), tf.constant(y))
+    assert np.allclose(plain.numpy(), 100.0, atol=1e-3)
+
+
 def numbered_images(n: int = 300):
     """Images whose every pixel is their index (a crop keeps it), their labels
     (index mod 7), and a recipe without value-changing augmentation."""

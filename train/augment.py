@@ -8,9 +8,12 @@ Both apply the same recipe, in the same order:
 1. pad 4 pixels by reflection, crop a random 48x48 window;
 2. mirror half of the images;
 3. rotate by up to ``rotate_deg`` and scale by up to ``zoom`` (edges reflected);
-4. random erasing: with probability ``erase_prob`` one rectangle of 2% to 25%
+4. when ``brightness`` > 0, each image's pixels times a gain drawn from
+   U(1 - ``brightness``, 1 + ``brightness``), clipped to 0..255 (webcam faces
+   are darker than FER-2013's: see the model card's known limits);
+5. random erasing: with probability ``erase_prob`` one rectangle of 2% to 25%
    of the image (aspect 0.3 to 3.3) filled with noise (Zhong et al. 2017);
-5. mixup with weight ~ Beta(``mixup``, ``mixup``), when ``mixup`` > 0.
+6. mixup with weight ~ Beta(``mixup``, ``mixup``), when ``mixup`` > 0.
 
 Only NumPy and OpenCV are needed, so this runs (and is tested) without any
 deep-learning framework.
@@ -34,6 +37,8 @@ class AugmentRecipe(Protocol):
     def rotate_deg(self) -> float: ...
     @property
     def zoom(self) -> float: ...
+    @property
+    def brightness(self) -> float: ...
     @property
     def erase_prob(self) -> float: ...
     @property
@@ -60,6 +65,9 @@ def augment_batch(x: np.ndarray, y: np.ndarray, recipe: AugmentRecipe,
         m = cv2.getRotationMatrix2D((centre, centre), float(angles[i]), float(scales[i]))
         out[i] = cv2.warpAffine(np.ascontiguousarray(image), m, (SIDE, SIDE), flags=cv2.INTER_LINEAR,
                                 borderMode=cv2.BORDER_REFLECT)
+    if recipe.brightness > 0:  # drawn only when on: recipes without it keep their random stream
+        gains = rng.uniform(1.0 - recipe.brightness, 1.0 + recipe.brightness, n).astype(np.float32)
+        out = np.clip(out * gains[:, None, None], 0.0, 255.0)
     out = random_erase(out, recipe.erase_prob, rng)[..., None]
     y = y.astype(np.float32)
     if recipe.mixup > 0:

@@ -42,6 +42,8 @@ class Recipe:
     mixup: float = 0.0  # Beta(alpha, alpha) of mixup (Zhang et al. 2018); 0 turns it off
     rotate_deg: float = 10.0
     zoom: float = 0.1
+    # Pixels times a gain from U(1 - b, 1 + b) (webcam faces are darker than FER-2013's); 0: off
+    brightness: float = 0.0
     seed: int = 1337
     bf16: bool = True
 
@@ -107,6 +109,10 @@ def _augmenter(recipe: Recipe, seed: int):
         x = tf.image.random_flip_left_right(x)
         x = rotate(x, training=True)
         x = tf.cast(zoom(x, training=True), tf.float32)
+        if recipe.brightness > 0:
+            b = recipe.brightness
+            gain = tf.random.uniform([tf.shape(x)[0], 1, 1, 1], 1.0 - b, 1.0 + b)
+            x = tf.clip_by_value(x * gain, 0.0, 255.0)
         x = erase(x)
         if recipe.mixup > 0:
             x, y = mixup(x, y, recipe.mixup)
