@@ -610,7 +610,10 @@ def run_tray(
         "sink": "EmojiCam: virtual camera unavailable",
     }
 
+    notified: set[str] = set()
+
     def on_event(kind: str, message: str) -> None:
+        notified.add(kind)
         if kind in titles and icon.HAS_NOTIFICATION:
             try:
                 icon.notify(fit_notification(message, backend), titles[kind])
@@ -646,6 +649,11 @@ def run_tray(
                 target=_xorg_waker, args=(icon_, returned), name="emojicam-tray-waker", daemon=True
             ).start()
         on_ui(lambda: setattr(icon_, "visible", True))
+        # The engine starts first: a virtual camera that failed to open before the icon
+        # existed was reported to no listener (on a first run without v4l2loopback).
+        now = engine.status()
+        if now.sink == "unavailable" and now.sink_detail and "sink" not in notified:
+            on_event("sink", now.sink_detail)
         threading.Thread(target=updater.run, name="emojicam-tray-icon", daemon=True).start()
 
     def hard_exit() -> None:

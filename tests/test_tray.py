@@ -743,23 +743,41 @@ def test_open_config_without_xdg_open_says_where_the_file_is(
     assert f"open {config} in a text editor" in caplog.text and "xdg-utils" in caplog.text
 
 
-def test_a_virtual_camera_that_cannot_open_makes_a_notification(dummy_pystray, monkeypatch) -> None:
-    """The first run without v4l2loopback: the icon looks as usual, so the
-    user must be told (once: the engine reports each new sink problem once)
-    that the EmojiCam camera is missing, not only in a greyed menu line."""
-    Icon, made = loop_backend(monkeypatch, dummy_pystray, "pystray._dummy")
-    engine = RunnableEngine(status(sink="unavailable"))
-    detail = "no v4l2loopback device labelled 'EmojiCam': load the module (see 'emojicam doctor')"
+def _notes_of_a_run(monkeypatch, dummy_pystray, engine, events=()) -> list:
+    """Run the tray on ``engine`` until its icon is up, send ``events`` to its
+    listeners, stop; the notifications the icon showed."""
+    _, made = loop_backend(monkeypatch, dummy_pystray, "pystray._dummy")
 
     def user() -> None:
         wait_for(lambda: engine.listeners and made and made[0].changes, timeout_s=5)
         for listener in engine.listeners:
-            listener("sink", detail)
-            listener("config-reloaded", "settings applied")  # not worth a notification
+            for kind, message in events:
+                listener(kind, message)
         engine.shutdown.set()
 
     driver = threading.Thread(target=user, daemon=True)
     driver.start()
     assert tray.run_tray(engine, exit_timeout_s=5) is True
     driver.join(5)
-    assert made[0].notes == [(detail, "EmojiCam: virtual camera unavailable")]
+    return made[0].notes
+
+
+def test_a_virtual_camera_that_cannot_open_makes_a_notification(dummy_pystray, monkeypatch) -> None:
+    """The first run without v4l2loopback: the icon looks as usual, so the
+    user must be told (once: the engine reports each new sink problem once)
+    that the EmojiCam camera is missing, not only in a greyed menu line."""
+    detail = "no v4l2loopback device labelled 'EmojiCam': load the module (see 'emojicam doctor')"
+    # "config-reloaded" is not worth a notification
+    events = [("sink", detail), ("config-reloaded", "settings applied")]
+    notes = _notes_of_a_run(monkeypatch, dummy_pystray, RunnableEngine(status(sink="unavailable")), events)
+    assert notes == [(detail, "EmojiCam: virtual camera unavailable")]
+
+
+def test_a_sink_failure_before_the_icon_existed_is_notified_once(dummy_pystray, monkeypatch) -> None:
+    """The engine starts before the tray: on a first run without v4l2loopback
+    the sink fails, and its event is sent, before the tray listens. The tray
+    says so when its icon is up, once."""
+    detail = "no video device with the label 'EmojiCam' (devices: none)"
+    engine = RunnableEngine(status(sink="unavailable", sink_detail=detail))
+    notes = _notes_of_a_run(monkeypatch, dummy_pystray, engine)
+    assert notes == [(detail, "EmojiCam: virtual camera unavailable")]
