@@ -76,19 +76,25 @@ def command_line(config: Path | None = None) -> list[str]:
     return cmd
 
 
-def _quote(arg: str, *, systemd: bool = False) -> str:
+def _quote(arg: str, *, systemd: bool = False, executable: bool = False) -> str:
     """Quoting for .desktop Exec= and systemd ExecStart= (both take double
     quotes). In a .desktop file `` ` `` and ``$`` take a backslash; systemd has no
-    such escapes (it would warn) and writes a literal ``$`` as ``$$``."""
+    such escapes (it would warn) and writes a literal ``$`` as ``$$``, except in
+    the executable's path, which it takes literally."""
     if arg and not any(c in arg for c in " \t\n\"'\\`$;&|<>()*?#~=%"):
         return arg
     escaped = arg.replace("\\", "\\\\").replace('"', '\\"')
-    escaped = escaped.replace("$", "$$") if systemd else escaped.replace("`", "\\`").replace("$", "\\$")
+    if systemd:
+        escaped = escaped if executable else escaped.replace("$", "$$")
+    else:
+        escaped = escaped.replace("`", "\\`").replace("$", "\\$")
     return f'"{escaped}"'
 
 
 def desktop_entry(cmd: Sequence[str]) -> str:
-    exec_line = " ".join(_quote(a) for a in cmd).replace("%", "%%")
+    # The spec's string escapes apply before its quoting: each backslash the quoting
+    # wrote is doubled again (GLib refuses a key with "\\$" or "\\"").
+    exec_line = " ".join(_quote(a) for a in cmd).replace("\\", "\\\\").replace("%", "%%")
     return (
         "[Desktop Entry]\n"
         "Type=Application\n"
@@ -103,7 +109,8 @@ def desktop_entry(cmd: Sequence[str]) -> str:
 
 
 def systemd_unit(cmd: Sequence[str]) -> str:
-    exec_line = " ".join(_quote(a, systemd=True) for a in cmd).replace("%", "%%")
+    exec_line = " ".join(_quote(a, systemd=True, executable=i == 0)
+                         for i, a in enumerate(cmd)).replace("%", "%%")
     return (
         "[Unit]\n"
         "Description=EmojiCam: emoji faces as a virtual camera\n"
@@ -188,6 +195,12 @@ def enable(
             f"{subprocess.list2cmdline(cmd)}"
         )
     if method == "systemd":
+        if any(c in cmd[0] for c in "\"'\\"):
+            # systemd refuses such an executable ("contains special characters")
+            raise EmojiCamError(
+                f"systemd cannot run a program whose path has a quote or backslash ({cmd[0]}); "
+                "autostart is unchanged. Use the default method (emojicam autostart enable)"
+            )
         unit = unit_path(home)
         try:
             before: bytes | None = unit.read_bytes()  # put back byte for byte if enabling fails

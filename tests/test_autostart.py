@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import configparser
 import plistlib
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -153,7 +154,9 @@ def test_quoting(arg: str, quoted: str) -> None:
 def test_a_dollar_sign_is_doubled_for_systemd() -> None:
     assert autostart._quote("/opt/$app/emojicam", systemd=True) == '"/opt/$$app/emojicam"'
     assert autostart._quote("/opt/`a`/x", systemd=True) == '"/opt/`a`/x"'  # no escape in systemd
-    assert 'ExecStart="/opt/$$app/emojicam" run' in autostart.systemd_unit(["/opt/$app/emojicam", "run"])
+    # (but not in the executable's path, which systemd takes literally)
+    unit = autostart.systemd_unit(["/opt/$app/emojicam", "run", "$x"])
+    assert 'ExecStart="/opt/$app/emojicam" run "$$x"' in unit
 
 
 def test_command_line_starts_the_daemon() -> None:
@@ -238,3 +241,91 @@ def test_macos_launch_agent_escapes_its_arguments(tmp_path: Path) -> None:
     cmd = ["/Users/zoë/My Apps & Tools/<venv>/bin/emojicam", "run", "--config", "/Users/zoë/a'b\"c.yaml"]
     autostart.enable(home=tmp_path, system="Darwin", cmd=cmd)
     assert plistlib.loads(autostart.plist_path(tmp_path).read_bytes())["ProgramArguments"] == cmd
+
+
+def _desktop_exec_argv(exec_value: str) -> list[str]:
+    """An Exec= value read as the Desktop Entry spec says: the string escapes
+    (``\\s \\n \\t \\r \\\\``, nothing else) first, then the quoting rules
+    (inside double quotes a backslash escapes ``" ` $ \\``), then ``%%``."""
+    unescaped, i = "", 0
+    while i < len(exec_value):
+        c = exec_value[i]
+        if c == "\\":
+            nxt = exec_value[i + 1]
+            assert nxt in "sntr\\", f"invalid string escape \\{nxt} (GLib refuses the whole key)"
+            unescaped += {"s": " ", "n": "\n", "t": "\t", "r": "\r", "\\": "\\"}[nxt]
+            i += 2
+        else:
+            unescaped += c
+            i += 1
+    argv: list[str] = []
+    word: str | None = None
+    quoted, i = False, 0
+    while i < len(unescaped):
+        c = unescaped[i]
+        if quoted:
+            if c == "\\":
+                assert unescaped[i + 1] in '"`$\\', f"invalid quoted escape in {unescaped!r}"
+                word = (word or "") + unescaped[i + 1]
+                i += 1
+            elif c == '"':
+                quoted = False
+            else:
+                word = (word or "") + c
+        elif c == " ":
+            if word is not None:
+                argv.append(word)
+            word = None
+        elif c == '"':
+            quoted, word = True, word or ""
+        else:
+            word = (word or "") + c
+        i += 1
+    assert not quoted
+    if word is not None:
+        argv.append(word)
+    return [a.replace("%%", "%") for a in argv]
+
+
+@pytest.mark.parametrize(
+    "path", ["/home/józef/emoji cam/.venv/bin/emojicam", "/opt/$app/emojicam", "/opt/a\\b/emojicam",
+             '/opt/a "b"/emojicam', "/opt/`x`/emo%cam"],
+)
+def test_the_desktop_exec_line_reads_back_as_the_command_per_the_spec(path: str) -> None:
+    """``$`` was written ``\\$`` and ``"`` ``\\"``: string escapes the spec does not
+    have, so GLib refused the Exec key and the entry never started; a backslash
+    came back halved."""
+    cmd = [path, "run", "--config", "/home/józef/my $ettings.yaml"]
+    entry = configparser.ConfigParser(interpolation=None)
+    entry.read_string(autostart.desktop_entry(cmd))
+    assert _desktop_exec_argv(entry["Desktop Entry"]["Exec"]) == cmd
+
+
+def test_systemd_takes_the_executable_path_literally() -> None:
+    """systemd expands ``$$`` in arguments, not in the executable's path: a
+    venv under a folder with ``$`` made a unit whose program does not exist."""
+    unit = autostart.systemd_unit(["/opt/$app/emojicam", "run", "--config", "/a/$b.yaml"])
+    assert 'ExecStart="/opt/$app/emojicam" run --config "/a/$$b.yaml"' in unit
+
+
+def test_systemd_refuses_an_executable_path_it_cannot_run(tmp_path: Path) -> None:
+    """systemd rejects an executable path with a quote or backslash ("Executable
+    name contains special characters"): enabling 'worked' but nothing started."""
+    runner = Runner()
+    with pytest.raises(EmojiCamError, match="xdg|default method"):
+        autostart.enable("systemd", home=tmp_path, system="Linux", runner=runner,
+                         cmd=['/opt/it\'s "mine"/emojicam', "run"])
+    assert not autostart.unit_path(tmp_path).exists() and runner.calls == []
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_systemd_analyze_accepts_the_unit_for_odd_paths(tmp_path: Path) -> None:
+    exe = tmp_path / "we$ird é 100%" / "emojicam"
+    exe.parent.mkdir()
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    unit = tmp_path / "emojicam-test.service"
+    unit.write_text(autostart.systemd_unit([str(exe), "run", "--config", str(tmp_path / "a $b.yaml")]))
+    done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
