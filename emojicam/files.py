@@ -59,13 +59,17 @@ def read_image(path: Path) -> np.ndarray:
 def _refuse_truncated(path: Path) -> None:
     """OpenCV decodes a cut JPEG as far as it goes and fills the rest with grey
     (a 'processed' photo that is mostly grey); Pillow says the file is cut."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            im.load()
-    except (UnidentifiedImageError, ValueError):
-        return  # a format Pillow does not read; OpenCV's reading stands
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+    except (UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+        return  # a format Pillow does not read, or a photo over its size guard; OpenCV's reading stands
     except OSError as exc:
         if "truncated" in str(exc):
             raise InputError(f"{path}: the image is cut short or damaged ({exc})") from exc

@@ -438,3 +438,24 @@ def test_a_video_claiming_an_implausible_frame_rate_is_taken_at_30_fps(
     out = cv2.VideoCapture(str(dst))
     assert out.get(cv2.CAP_PROP_FPS) == pytest.approx(30.0)
     out.release()
+
+
+def test_a_photo_over_pillows_size_limit_is_read_not_a_traceback(tmp_path, monkeypatch):
+    """Pillow's decompression-bomb guard (about 179 megapixels: a 200 MP phone
+    photo) raised out of the cut-file check, a traceback for a photo OpenCV had read."""
+    from PIL import Image
+
+    from emojicam.files import read_image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the limit, scaled down to a small file
+    path = tmp_path / "big.png"
+    cv2.imwrite(str(path), np.full((100, 120, 3), 7, np.uint8))
+    image = read_image(path)
+    assert image.shape == (100, 120, 3) and int(image[0, 0, 0]) == 7
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # over the warning line only (89 MP)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        read_image(path)
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
