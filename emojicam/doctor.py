@@ -428,13 +428,9 @@ def check_device(p: SystemProbe) -> tuple[list[Check], v4l2.VideoDevice | None]:
         problem = v4l2.not_a_device_path(p.explicit_device, p.label)
         if problem:
             return [Check("device", "fail", *problem)], None
-        wanted = os.path.realpath(p.explicit_device)  # a udev symlink names the same device
-        devices = [d for d in v4l2.list_devices(p.sysfs_root, p.dev_root)
-                   if os.path.realpath(d.path) == wanted]
-        found = devices[0] if devices else None
+        found = v4l2.find_device_by_path(p.explicit_device, p.sysfs_root, p.dev_root)
         if found is None:
-            loaded = _loaded(p.proc_modules)  # loading a loaded module again does nothing
-            load = v4l2.reload_line(p.label) if loaded else v4l2.modprobe_line(p.label)
+            load = v4l2.load_line(p.label, _loaded(p.proc_modules))  # a second modprobe does nothing
             return [
                 Check(
                     "device",
@@ -449,23 +445,15 @@ def check_device(p: SystemProbe) -> tuple[list[Check], v4l2.VideoDevice | None]:
         others = [d for d in v4l2.list_devices(p.sysfs_root, p.dev_root) if d.is_loopback]
         fix = v4l2.modprobe_line(p.label)
         if others or _loaded(p.proc_modules):  # loading a loaded module again does nothing
-            fix = f"reload the module with the label: {v4l2.reload_line(p.label)}"
+            fix = f"reload the module with the label: {v4l2.load_line(p.label, loaded=True)}"
         listed = v4l2.describe_devices(p.sysfs_root, p.dev_root)
         return [
             Check("device", "fail", f"no video device labelled {p.label!r} (devices: {listed})", fix)
         ], None
     if not found.is_loopback:
         if p.explicit_device:
-            return [
-                Check(
-                    "device",
-                    "fail",
-                    f"sink.device {p.explicit_device} is {found.label!r}, a real camera, "
-                    "not a loopback device",
-                    f"set sink.device to the loopback device's path, or to null to use the device "
-                    f"labelled {p.label!r}",
-                )
-            ], found
+            problem = v4l2.not_loopback_problem(p.explicit_device, found, p.label)
+            return [Check("device", "fail", *problem)], found
         return [
             Check(
                 "device",

@@ -297,19 +297,16 @@ def _device_problem(device: str, cfg: SinkConfig, sysfs_root: Path, dev_root: Pa
     node = v4l2.node_problem(device, cfg.name)
     if not cfg.device:
         return node
-    wanted = os.path.realpath(device)  # a udev symlink names the same device
-    listed = [d for d in v4l2.list_devices(sysfs_root, dev_root) if os.path.realpath(d.path) == wanted]
-    if listed and not listed[0].is_loopback:
-        return (f"sink.device {device} is {listed[0].label!r}, a real camera, not a v4l2loopback device",
-                f"set sink.device to the loopback device's path, or to null to use the device "
-                f"labelled {cfg.name!r}")
-    if listed or node is None:  # (a device node /sys does not list: /sys is hidden, as in some containers)
+    listed = v4l2.find_device_by_path(device, sysfs_root, dev_root)
+    if listed is not None and not listed.is_loopback:
+        return v4l2.not_loopback_problem(device, listed, cfg.name)
+    if listed is not None or node is None:  # (a node /sys does not list: /sys hidden, as in containers)
         return node
     found = v4l2.find_device_by_label(cfg.name, sysfs_root, dev_root)
     if found is not None and found.is_loopback:
         fix = f"set sink.device: null to use {found.path} (labelled {cfg.name!r})"
     else:
-        load = v4l2.reload_line(cfg.name) if v4l2.module_loaded(sysfs_root) else v4l2.modprobe_line(cfg.name)
+        load = v4l2.load_line(cfg.name, v4l2.module_loaded(sysfs_root))
         fix = f"set sink.device: null to use the device labelled {cfg.name!r}, made with: {load}"
     what = "is not a video device the kernel lists" if os.path.lexists(device) else "does not exist"
     return f"sink.device {device} {what}", fix

@@ -50,6 +50,11 @@ def reload_line(label: str) -> str:
     return f"sudo modprobe -r v4l2loopback && {modprobe_line(label)}"
 
 
+def load_line(label: str, loaded: bool | None) -> str:
+    """``modprobe_line``, or ``reload_line`` when the module is ``loaded``."""
+    return reload_line(label) if loaded else modprobe_line(label)
+
+
 def module_loaded(sysfs_root: Path = SYSFS_ROOT) -> bool:
     """Whether v4l2loopback is in the kernel (``/sys/module/v4l2loopback`` exists)."""
     return (Path(sysfs_root) / "module" / "v4l2loopback").is_dir()
@@ -114,6 +119,20 @@ def find_device_by_label(
     return None
 
 
+def find_device_by_path(
+    path: Path | str, sysfs_root: Path = SYSFS_ROOT, dev_root: Path = DEV_ROOT
+) -> VideoDevice | None:
+    """The listed device ``path`` names (a udev or /dev/v4l/by-id link names it too)."""
+    wanted = os.path.realpath(path)
+    return next((d for d in list_devices(sysfs_root, dev_root) if os.path.realpath(d.path) == wanted), None)
+
+
+def not_loopback_problem(explicit: str, device: VideoDevice, label: str) -> tuple[str, str]:
+    """(what is wrong, what to do) when ``sink.device`` (``explicit``) names a real camera."""
+    return (f"sink.device {explicit} is {device.label!r}, a real camera, not a v4l2loopback device",
+            f"set sink.device to the loopback device's path, or to null to use the device labelled {label!r}")
+
+
 def describe_devices(sysfs_root: Path = SYSFS_ROOT, dev_root: Path = DEV_ROOT) -> str:
     """e.g. "/dev/video0 ('Integrated Camera'), /dev/video10 ('OBS Cam')", or "none"."""
     return ", ".join(f"{d.path} ({d.label!r})" for d in list_devices(sysfs_root, dev_root)) or "none"
@@ -153,10 +172,8 @@ def node_problem(path: Path | str, label: str = "EmojiCam") -> tuple[str, str] |
 
 def describe_missing(label: str, sysfs_root: Path = SYSFS_ROOT, dev_root: Path = DEV_ROOT) -> str:
     """A message for 'no device with this label', listing what exists and the fix."""
-    if module_loaded(sysfs_root):  # loading it again would do nothing
-        fix = f"Reload the loopback module with that label: {reload_line(label)}"
-    else:
-        fix = f"Load the loopback module with: {modprobe_line(label)}"
+    loaded = module_loaded(sysfs_root)  # loading it again would do nothing
+    fix = f"{'Reload' if loaded else 'Load'} the loopback module with that label: {load_line(label, loaded)}"
     return (
         f"no video device with the label {label!r} (devices: {describe_devices(sysfs_root, dev_root)}). "
         f"{fix} (run 'emojicam doctor' for details)"
