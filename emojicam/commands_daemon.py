@@ -113,14 +113,14 @@ def _source_option_problem(args: argparse.Namespace) -> str | None:
     """A ``--source`` file that is not there: a typo on the command line is
     refused at once (a missing webcam, or a ``camera.source`` file on a drive
     not mounted yet, is retried instead)."""
-    from emojicam.sources import is_camera, parse_source
+    from emojicam.sources import missing_file, parse_source
 
-    spec = parse_source(args.source) if getattr(args, "source", None) else None
-    if spec is None or is_camera(spec) or Path(str(spec)).is_file():
+    if not getattr(args, "source", None):
         return None
-    what = "is a folder, not a video file" if Path(str(spec)).is_dir() else "no such video file"
-    return (f"--source {spec}: {what}; give a video file, a webcam index (0, 1, ...) "
-            "or a device path (/dev/video0)")
+    spec = parse_source(args.source)
+    what = missing_file(spec)
+    return what and (f"--source {spec}: {what}; give a video file, a webcam index (0, 1, ...) "
+                     "or a device path (/dev/video0)")
 
 
 def watched_config_paths(args: argparse.Namespace) -> list[Path]:

@@ -76,6 +76,14 @@ def parse_source(value: int | str) -> int | str:
     return os.path.expanduser(value) if isinstance(value, str) else value
 
 
+def missing_file(spec: int | str) -> str | None:
+    """What is wrong with a video-file ``spec`` that is not a file to read
+    ("no such video file", or a folder), else None (also for a camera)."""
+    if is_camera(spec) or Path(str(spec)).is_file():
+        return None
+    return "is a folder, not a video file" if Path(str(spec)).is_dir() else "no such video file"
+
+
 def is_camera(spec: int | str) -> bool:
     if isinstance(spec, int):
         return True
@@ -215,9 +223,9 @@ class OpenCVSource:
         self._still_bgr: np.ndarray | None = None  # a photo as the source
 
     def open(self) -> None:
-        if self.is_file and not Path(str(self.spec)).is_file():
-            what = "is a folder, not a video file" if Path(str(self.spec)).is_dir() else "no such video file"
-            raise SourceError(f"{self.spec}: {what}")
+        problem = missing_file(self.spec)
+        if problem:
+            raise SourceError(f"{self.spec}: {problem}")
         with _quiet_opencv():  # a missing camera is expected here; we log our own message
             cap = cv2.VideoCapture(self.spec)
         if self.is_file and cap.isOpened():
