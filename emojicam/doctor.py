@@ -186,13 +186,13 @@ def tray_facts() -> TrayFacts:
         import pystray
     except Exception as exc:  # noqa: BLE001 - Xlib raises DisplayNameError, gi raises ValueError...
         return TrayFacts(None, f"{type(exc).__name__}: {exc}", isolated_venv=isolated_venv(), desktop=desktop)
-    from emojicam.tray import backend_name
+    from emojicam.tray import backend_name, xembed_tray_runs
 
     backend = backend_name(pystray)
     runtime_bus = Path(os.environ.get("XDG_RUNTIME_DIR") or "/nonexistent") / "bus"
     return TrayFacts(
         backend,
-        system_tray=_xembed_tray_present() if backend in ("xorg", "gtk") else True,
+        system_tray=xembed_tray_runs() is True if backend in ("xorg", "gtk") else True,
         session_bus=bool(os.environ.get("DBUS_SESSION_BUS_ADDRESS"))
         or runtime_bus.exists()
         or bool(os.environ.get("DISPLAY") and shutil.which("dbus-launch")),
@@ -240,19 +240,6 @@ def check_tray(facts: TrayFacts) -> Check:
 def probe_tray() -> Check:
     """Whether pystray finds a backend, and whether it can show a menu."""
     return check_tray(tray_facts())
-
-
-def _xembed_tray_present() -> bool:
-    try:
-        from Xlib import X, display
-
-        d = display.Display()
-        try:
-            return d.get_selection_owner(d.intern_atom("_NET_SYSTEM_TRAY_S0")) != X.NONE
-        finally:
-            d.close()
-    except Exception:  # noqa: BLE001
-        return False
 
 
 def check_assets(config: Any) -> list[Check]:

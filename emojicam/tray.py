@@ -342,16 +342,17 @@ def explain_failure(
     return " ".join(parts)
 
 
-def _xembed_tray_runs() -> bool | None:
+def xembed_tray_runs(display: str | None = None) -> bool | None:
     """Whether a system tray (the XEmbed "notification area" of XFCE's, MATE's,
-    LXQt's panels, trayer, stalonetray...) owns its selection on this X
-    display: where the xorg and gtk backends dock, and the appindicator one
-    when no StatusNotifierItem host runs. None: cannot tell."""
+    LXQt's panels, trayer, stalonetray...) owns its selection on the X
+    ``display`` (default: $DISPLAY): where the xorg and gtk backends dock, and
+    the appindicator one when no StatusNotifierItem host runs. None: cannot
+    tell (no Xlib, or the display takes no connection)."""
     try:
         from Xlib import X
         from Xlib import display as xdisplay
 
-        conn = xdisplay.Display()
+        conn = xdisplay.Display(display)
     except Exception:  # noqa: BLE001 - no Xlib, no X display: cannot tell
         return None
     try:
@@ -386,7 +387,7 @@ def no_tray_host(backend: str) -> str | None:
     desktop) and what to do; None when one runs or when we cannot tell."""
     if backend not in ("xorg", *GLIB_BACKENDS):
         return None
-    hosts = [_xembed_tray_runs()]
+    hosts = [xembed_tray_runs()]
     if backend == "appindicator":
         hosts.append(_status_notifier_host_runs())
     if not all(h is False for h in hosts):

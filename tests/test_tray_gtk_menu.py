@@ -114,18 +114,8 @@ def background(args: list[str], env: dict[str, str]) -> Iterator[subprocess.Pope
 
 
 def tray_host_running(display: str) -> bool:
-    from Xlib import X
-    from Xlib import display as xdisplay
-    from Xlib.error import DisplayError
-
-    try:  # a loaded X server may not take connections yet: not up, ask again
-        d = xdisplay.Display(display)
-    except (DisplayError, OSError):
-        return False
-    try:
-        return d.get_selection_owner(d.intern_atom("_NET_SYSTEM_TRAY_S0")) != X.NONE
-    finally:
-        d.close()
+    # a loaded X server may not take connections yet (None): not up, ask again
+    return tray.xembed_tray_runs(display) is True
 
 
 def open_menus(display: str) -> list[tuple[int, int, int, int]]:
