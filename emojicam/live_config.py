@@ -5,11 +5,13 @@ Runtime choices (mode, mirror: from the tray or ``emojicam ctl``) are never
 written to the user's file; each one holds until the file changes that same
 setting, so editing an unrelated setting does not undo a tray click.
 
-The watcher polls the files' (mtime, size, inode) five times a second. A
-stat() of one or two small files is nearly free, behaves the same on every
-OS, network home folder and editor (atomic-rename saves included), and needs
-no extra dependency or thread pool, so watchdog/inotify would buy nothing
-here. A change is applied once the files hold still for half a poll (an
+The watcher polls the files' (mtime, size, inode, CRC-32 of the bytes) five
+times a second. Reading one or two small files is nearly free, behaves the
+same on every OS, network home folder and editor (atomic-rename saves
+included), and needs no extra dependency or thread pool, so watchdog/inotify
+would buy nothing here. The checksum catches a same-size save within the
+filesystem's timestamp resolution (2 s on FAT, 1 s on HFS+), which the stat
+fields alone miss. A change is applied once the files hold still for half a poll (an
 editor may write in several steps): about 0.3 s after a save.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,14 +30,17 @@ from emojicam.config import Config, ConfigError
 log = logging.getLogger(__name__)
 
 OVERRIDABLE = ("mode", "mirror")
+CHECKSUM_BYTES = 1 << 20
 
 
-def file_signature(path: Path) -> tuple[int, int, int] | None:
+def file_signature(path: Path) -> tuple[int, int, int, int] | None:
     try:
         st = path.stat()
+        with path.open("rb") as f:  # a config is a few kB; the size field covers anything past 1 MiB
+            checksum = zlib.crc32(f.read(CHECKSUM_BYTES))
     except OSError:
         return None
-    return st.st_mtime_ns, st.st_size, st.st_ino
+    return st.st_mtime_ns, st.st_size, st.st_ino, checksum
 
 
 class LiveConfig:
@@ -119,5 +125,5 @@ class LiveConfig:
             log.info("config file changed; reloading")
             on_change()
 
-    def _signatures(self) -> dict[Path, tuple[int, int, int] | None]:
+    def _signatures(self) -> dict[Path, tuple[int, int, int, int] | None]:
         return {p: file_signature(p) for p in self.watch_paths}
