@@ -105,6 +105,23 @@ def socket_path(folder: Path | None = None) -> Path:
     return (folder or runtime_dir()) / "control.sock"
 
 
+# sockaddr_un.sun_path holds 108 bytes on Linux and 104 on macOS and the BSDs,
+# the closing NUL included. Python's own error ("AF_UNIX path too long") names
+# neither the path nor the way out, and the client showed it as a closed connection.
+SOCKET_PATH_MAX_BYTES = 107 if sys.platform.startswith("linux") else 103
+
+
+def check_socket_path_length(path: Path) -> None:
+    """Raise ``ControlError`` with the fix when ``path`` is too long for a Unix socket."""
+    size = len(os.fsencode(path))
+    if size > SOCKET_PATH_MAX_BYTES:
+        raise ControlError(
+            f"the control socket path {path} is {size} bytes, more than the {SOCKET_PATH_MAX_BYTES} "
+            "a Unix socket allows; set XDG_RUNTIME_DIR to a shorter folder (for example /run/user/"
+            f"{os.getuid() if hasattr(os, 'getuid') else 'UID'}) for both the daemon and 'emojicam ctl'"
+        )
+
+
 def _ensure_private_dir(folder: Path) -> None:
     """Create ``folder`` (0700); refuse one that another user owns or could
     swap for their own: a link, or one inside a folder that another user owns
@@ -316,6 +333,7 @@ class ControlServer:
         # socket file appears only once it answers (a client that saw it during
         # startup was once refused, and told EmojiCam was not running).
         staging = self.path.with_name(self.path.name + ".new")
+        check_socket_path_length(staging)
         for leftover in (self.path, staging):  # stale, from a daemon that was killed
             if leftover.exists() or leftover.is_symlink():
                 leftover.unlink()
@@ -356,6 +374,7 @@ def send_socket_request(
     path = path or socket_path()
     if not hasattr(socket, "AF_UNIX"):
         raise ControlError("Unix sockets are not available on this platform; use send_request()")
+    check_socket_path_length(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout_s)
     try:

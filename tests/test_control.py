@@ -383,3 +383,35 @@ def test_a_command_the_engine_is_slow_to_finish_is_explained() -> None:
     handler_wait = inspect.signature(control.engine_handler).parameters["wait_s"].default
     client_wait = inspect.signature(control.send_request).parameters["timeout_s"].default
     assert handler_wait + 0.5 <= client_wait  # the reply must reach the client before it gives up
+
+
+def _folder_for_socket_of(tmp_path: Path, total_bytes: int) -> Path:
+    """A folder whose ``control.sock.new`` (the name the server binds first) is ``total_bytes`` long."""
+    pad = total_bytes - len(str(tmp_path / "x" / "control.sock.new")) + 1
+    assert pad > 0
+    return tmp_path / ("d" * pad)
+
+
+@unix_only
+def test_a_socket_path_too_long_for_unix_sockets_is_named_with_the_fix(tmp_path: Path) -> None:
+    """A long XDG_RUNTIME_DIR made the server fail with Python's bare "AF_UNIX
+    path too long" and the client say EmojiCam "closed the control connection"."""
+    folder = _folder_for_socket_of(tmp_path, control.SOCKET_PATH_MAX_BYTES + 1)
+    srv = control.ControlServer(lambda r: {"ok": True}, folder / "control.sock")
+    with pytest.raises(control.ControlError, match="XDG_RUNTIME_DIR") as err:
+        srv.start()
+    assert str(folder / "control.sock.new") in str(err.value)
+    long_client_path = tmp_path / ("e" * (control.SOCKET_PATH_MAX_BYTES - len(str(tmp_path)))) / "c.sock"
+    with pytest.raises(control.ControlError, match="bytes, more than the .*XDG_RUNTIME_DIR"):
+        control.send_request({"cmd": "status"}, long_client_path)
+
+
+@unix_only
+def test_the_longest_socket_path_unix_allows_still_works(tmp_path: Path) -> None:
+    folder = _folder_for_socket_of(tmp_path, control.SOCKET_PATH_MAX_BYTES)
+    srv = control.ControlServer(lambda r: {"ok": True, "pong": True}, folder / "control.sock")
+    srv.start()
+    try:
+        assert control.send_request({"cmd": "status"}, folder / "control.sock")["pong"] is True
+    finally:
+        srv.stop()
