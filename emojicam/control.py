@@ -387,6 +387,12 @@ def send_socket_request(
                     if attempt == 19:
                         raise ControlError("EmojiCam is too busy to answer; try again") from None
                     time.sleep(0.05)
+        server_uid = _peer_uid(sock)
+        if server_uid is not None and server_uid != os.getuid():  # a socket planted in a shared folder
+            raise ControlError(
+                f"{path} is served by another user's program (uid {server_uid}), not your EmojiCam; "
+                "nothing was sent. Set XDG_RUNTIME_DIR to a folder only you can write, or remove that socket"
+            )
         sock.sendall(json.dumps(request).encode() + b"\n")
         buf = bytearray()
         while not buf.endswith(b"\n"):

@@ -4,6 +4,7 @@ single-instance lock, and the mapping onto engine commands."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import stat
 import sys
@@ -357,7 +358,11 @@ def test_a_client_of_another_user_is_told_why_it_is_refused(server, monkeypatch)
     refused with a bare 'permission denied'."""
     import os
 
-    monkeypatch.setattr(control, "_peer_uid", lambda sock: os.getuid() + 1)
+    # the server (in its handler thread) sees root; the client sees its own daemon
+    def peer_uid(sock: object) -> int:
+        return os.getuid() + 1 if threading.current_thread() is not threading.main_thread() else os.getuid()
+
+    monkeypatch.setattr(control, "_peer_uid", peer_uid)
     reply = control.send_request({"cmd": "quit"}, server.path)
     assert reply["ok"] is False
     assert "permission denied" in reply["error"] and "run 'emojicam ctl' as the user" in reply["error"]
@@ -415,3 +420,42 @@ def test_the_longest_socket_path_unix_allows_still_works(tmp_path: Path) -> None
         assert control.send_request({"cmd": "status"}, folder / "control.sock")["pong"] is True
     finally:
         srv.stop()
+
+
+@unix_only
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_PEERCRED is Linux-only")
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to serve a socket as another user"
+)
+def test_the_client_sends_nothing_to_a_socket_served_by_another_user() -> None:
+    """Without XDG_RUNTIME_DIR the runtime folder may sit in a shared /tmp; the
+    client used to talk to whoever answered on the socket there."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    # a system python: the other user cannot run one inside root's home
+    python = shutil.which("python3", path="/usr/bin:/usr/local/bin")
+    if python is None:
+        pytest.skip("no system python3 for the other user's server")
+    shared = Path(tempfile.mkdtemp(prefix="emojicam-shared-"))  # pytest's own folder is closed to other users
+    shared.chmod(0o777)
+    path, got = shared / "c.sock", shared / "got"
+    planted = subprocess.Popen(
+        [python, "-c", (
+            "import socket, sys\n"
+            "s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(); print('up', flush=True)\n"
+            "c, _ = s.accept(); c.settimeout(2)\n"
+            "open(sys.argv[2], 'wb').write(c.recv(100))\n"
+        ), str(path), str(got)],
+        user=65534, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert planted.stdout is not None and planted.stdout.readline() == "up\n"
+        with pytest.raises(control.ControlError, match="another user's program .uid 65534.*nothing was sent"):
+            control.send_request({"cmd": "set_mode", "mode": "off"}, path, timeout_s=2)
+        planted.wait(5)
+        assert got.read_bytes() == b""
+    finally:
+        planted.kill()
+        shutil.rmtree(shared)
