@@ -14,6 +14,10 @@ otherwise hand its held box to the newcomer and show. A quick swing then
 leaves a held box behind for ``hold_s`` instead, which only covers background.
 There a missed face is also held for at least ``PRIVACY_MIN_HOLD_FRAMES``
 frames when frames come slowly (within ``PRIVACY_MAX_HOLD_S``).
+
+When the frame timestamps go back (a looping video restarting at 0, a camera
+clock reset) the step back counts as no time: a missed face is held for what
+was left of its hold, neither for the size of the jump nor less.
 """
 
 from __future__ import annotations
@@ -82,6 +86,7 @@ class IoUTracker:
     _next_id: int = 1
     _follow_jumps: bool = True  # the second pass, by centre distance (off: set_privacy)
     _min_hold_frames: int = 0  # PRIVACY_MIN_HOLD_FRAMES when strict
+    _last_timestamp_s: float | None = None  # of the previous update
 
     def set_privacy(self, strict: bool) -> None:
         """Strict: a missed face's box stays where it was (no second pass), for
@@ -90,6 +95,7 @@ class IoUTracker:
         self._min_hold_frames = PRIVACY_MIN_HOLD_FRAMES if strict else 0
 
     def update(self, boxes: Sequence[FaceBox] | None, timestamp_s: float) -> list[Track]:
+        self._rebase_clock(timestamp_s)
         if boxes is None:  # detector skipped this frame: carry tracks forward
             return [s.track for s in self._tracks]
         pairs = sorted(
@@ -121,6 +127,14 @@ class IoUTracker:
                 self._next_id += 1
         self._tracks = survivors
         return [s.track for s in self._tracks]
+
+    def _rebase_clock(self, timestamp_s: float) -> None:
+        """When the clock went back, move every track's last sighting back by
+        as much, so the step from the previous frame counts as no time."""
+        last, self._last_timestamp_s = self._last_timestamp_s, timestamp_s
+        if last is not None and timestamp_s < last:
+            for s in self._tracks:
+                s.last_seen_s += timestamp_s - last
 
     def _match_by_distance(self, boxes: Sequence[FaceBox], used_t: set[int], used_b: set[int],
                            timestamp_s: float) -> None:
@@ -157,6 +171,7 @@ class IoUTracker:
         if isinstance(other, IoUTracker):
             self._tracks = [_State(s.track, s.last_seen_s) for s in other._tracks]
             self._next_id = other._next_id
+            self._last_timestamp_s = other._last_timestamp_s
 
     def resize(self, old_wh: tuple[int, int], new_wh: tuple[int, int]) -> None:
         """The frames changed size (the camera's resolution changed): move

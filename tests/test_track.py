@@ -117,3 +117,44 @@ def test_after_a_pause_the_faces_of_before_are_not_held() -> None:
     tracker.set_privacy(True)
     tracker.update([make_box(100, 100, 80, 80)], 0.0)
     assert tracker.update([], 600.0) == []
+
+
+def test_when_the_clock_goes_back_a_missed_face_is_held_for_hold_s_not_for_the_jump() -> None:
+    """A looping video restarting at t=0 (or a camera clock reset) once held a
+    box last seen at t=10 until the clock came back to 10.5: ten seconds of a
+    ghost box. The step back counts as no time; the hold runs on from there."""
+    tracker = IoUTracker(TrackerConfig(hold_s=0.5))
+    tracker.update([make_box()], 10.0)
+    assert len(tracker.update([], 10.2)) == 1  # missed for 0.2 s
+    assert len(tracker.update([], 0.0)) == 1  # the clock restarts: still 0.2 s
+    assert len(tracker.update([], 0.25)) == 1  # 0.45 s
+    assert tracker.update([], 0.35) == []  # 0.55 s: dropped, as without the jump
+
+
+def test_when_the_clock_goes_back_privacy_still_holds_a_missed_face() -> None:
+    """A step back must never uncover a tracked face early: with privacy the
+    face is held for as many missed frames as when time runs forward, and no
+    longer (a skipped frame across the jump counts as no time either)."""
+    from emojicam.track import PRIVACY_MIN_HOLD_FRAMES
+
+    box = make_box(100, 100, 80, 80)
+    tracker = IoUTracker(TrackerConfig(hold_s=0.5))
+    tracker.set_privacy(True)
+    tracker.update([box], 50.0)
+    (carried,) = tracker.update(None, 1.0)  # the detector skipped the frame of the jump
+    assert carried.box == box
+    shown = [len(tracker.update([], 1.0 + t * 0.7)) for t in range(1, 8)]  # 1.4 fps, all missed
+    assert shown == [1] * PRIVACY_MIN_HOLD_FRAMES + [0] * (7 - PRIVACY_MIN_HOLD_FRAMES)
+    (again,) = tracker.update([box], 0.0)  # back again: a face found is tracked as usual
+    assert again.missed_frames == 0
+
+
+def test_a_tracker_that_adopts_tracks_adopts_their_clock() -> None:
+    """``pipeline.carry_faces`` on a reload: the new tracker must see a step
+    back on its first frame as one, or the held box stays for the jump."""
+    old = IoUTracker(TrackerConfig(hold_s=0.5))
+    old.update([make_box()], 10.0)
+    new = IoUTracker(TrackerConfig(hold_s=0.5))
+    new.adopt(old)
+    assert len(new.update([], 0.0)) == 1
+    assert new.update([], 0.6) == []
