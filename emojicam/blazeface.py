@@ -34,7 +34,7 @@ from emojicam.errors import SetupError
 from emojicam.face_merge import merge_models, not_overlapping, select
 from emojicam.models_install import FULL_RANGE, SHORT_RANGE, file_state, find_model, user_models_dir
 from emojicam.preprocess import BLAZEFACE_CROP_MARGINS, CropMargins
-from emojicam.types import FaceBox
+from emojicam.types import FaceBox, boxes_in_frame
 
 log = logging.getLogger(__name__)
 
@@ -349,20 +349,17 @@ class BlazeFaceDetector:
         return weighted_nms(Detections.concat(parts))
 
     def _to_boxes(self, dets: Detections, w: int, h: int) -> list[FaceBox]:
-        out = []
-        for (x0, y0, x1, y1), kps, score in zip(dets.boxes_xyxy, dets.keypoints_xy, dets.scores, strict=True):
-            bw, bh = x1 - x0, y1 - y0
-            box = FaceBox(
+        found = zip(dets.boxes_xyxy, dets.keypoints_xy, dets.scores, strict=True)
+        boxes = (
+            FaceBox(
                 int(round(x0)),
                 int(round(y0)),
-                int(round(bw)),
-                int(round(bh)),
+                int(round(x1 - x0)),
+                int(round(y1 - y0)),
                 float(score),
                 left_eye_xy=(float(kps[LEFT_EYE, 0]), float(kps[LEFT_EYE, 1])),
                 right_eye_xy=(float(kps[RIGHT_EYE, 0]), float(kps[RIGHT_EYE, 1])),
             )
-            clipped = box.clipped((w, h))
-            if clipped is not None:
-                out.append(clipped)
-        out.sort(key=lambda b: -b.area)
-        return out
+            for (x0, y0, x1, y1), kps, score in found
+        )
+        return boxes_in_frame(boxes, (w, h))

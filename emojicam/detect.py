@@ -20,7 +20,7 @@ from emojicam.config import DetectorConfig
 from emojicam.errors import SetupError
 from emojicam.pipeline import Detector
 from emojicam.preprocess import HAAR_CROP_MARGINS, CropMargins, to_gray
-from emojicam.types import FaceBox
+from emojicam.types import FaceBox, boxes_in_frame
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,8 @@ class HaarDetector:
                     int(round(w * factor)), int(round(h * factor)), 1.0)
             for (x, y, w, h) in (found if len(found) else [])
         ]
-        return boxes
+        # Scaled back and rounded, a box at the copy's edge can end a pixel past the frame's.
+        return boxes_in_frame(boxes, (image_bgr.shape[1], image_bgr.shape[0]))
 
 
 def crop_margins_for(detector: object) -> CropMargins:

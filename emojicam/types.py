@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,6 +141,14 @@ class FaceBox:
             return self
         return FaceBox(x0, y0, x1 - x0, y1 - y0, self.score, self.left_eye_xy, self.right_eye_xy,
                        self.classifier_xywh)
+
+
+def boxes_in_frame(boxes: Iterable[FaceBox], size_wh: tuple[int, int]) -> list[FaceBox]:
+    """Boxes as every detector returns them: clipped to the frame by
+    ``FaceBox.clipped`` (which keeps the detector's box for the classifier),
+    none wholly outside it, the largest first."""
+    clipped = (box.clipped(size_wh) for box in boxes)
+    return sorted((box for box in clipped if box is not None), key=lambda box: -box.area)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,31 @@ def test_haar_finds_nothing_in_noise_and_handles_empty():
     assert det.detect(np.zeros((0, 0, 3), np.uint8)) == []
 
 
+class FakeCascade:
+    """Stands in for ``cv2.CascadeClassifier``: finds ``found`` (x, y, w, h in
+    the downscaled image) whatever the image."""
+
+    def __init__(self, found: list[tuple[int, int, int, int]]) -> None:
+        self.found = found
+
+    def detectMultiScale(self, image, **kwargs):  # noqa: N802 (OpenCV's name)
+        return np.array(self.found, np.int32).reshape(-1, 4)
+
+
+def test_haar_boxes_are_clipped_to_the_frame_and_largest_first_like_blazeface():
+    """As ``BlazeFaceDetector`` gives them: a box rounded up past the frame's
+    edge by the scale back from the downscaled copy is clipped (keeping the
+    detector's box in ``detected_xywh`` for the classifier's framing), and the
+    largest face comes first."""
+    # 1000x549 is downscaled to 480x264 (x 2.0833): a box reaching the bottom of
+    # the copy scales back to one ending at row 550 of a frame 549 rows high.
+    det = HaarDetector(FakeCascade([(10, 10, 40, 40), (100, 200, 64, 64)]))  # type: ignore[arg-type]
+    large, small = det.detect(make_image((1000, 549)))
+    assert large.xywh == (208, 417, 133, 132) and large.detected_xywh == (208, 417, 133, 133)
+    assert large.classifier_xywh == (208, 417, 133, 133)
+    assert small.xywh == (21, 21, 83, 83) and small.detected_xywh is None
+
+
 def test_haar_missing_cascade_is_setup_error(tmp_path):
     from emojicam.errors import SetupError
 
