@@ -15,6 +15,11 @@ import numpy as np
 
 #: Side of the square grayscale image the model takes.
 MODEL_INPUT_SIDE = 48
+#: ``fer_crop`` gives no crop for a framed box more than this many times the
+#: image's longer side: the image would fill under a third (16 px) of the
+#: model's input, the rest repeated edge pixels. Without the limit a bogus box
+#: of 20,000 px was padded to its full size (1.2 GB) only to be shrunk to 48x48.
+MAX_CROP_TO_IMAGE_SIDE = 3
 
 @dataclass(frozen=True)
 class CropMargins:
@@ -80,7 +85,8 @@ def fer_crop(
     margins: CropMargins = HAAR_CROP_MARGINS,
 ) -> np.ndarray | None:
     """The FER-2013-framed crop of a detector box; None when none of it is
-    in the image.
+    in the image, or when the box is far larger than the image
+    (``MAX_CROP_TO_IMAGE_SIDE``).
 
     A face cut by the frame's edge (a forehead above the top of a close
     webcam shot) keeps its framing: the missing part is filled by repeating
@@ -104,7 +110,7 @@ def fer_crop(
     img_h, img_w = image.shape[:2]
     x0, y0, x1, y1 = _fer_corners(box_xywh, margins)
     cx0, cy0, cx1, cy1 = max(0, x0), max(0, y0), min(img_w, x1), min(img_h, y1)
-    if cx1 <= cx0 or cy1 <= cy0:
+    if cx1 <= cx0 or cy1 <= cy0 or max(x1 - x0, y1 - y0) > MAX_CROP_TO_IMAGE_SIDE * max(img_w, img_h):
         return None
     crop = image[cy0:cy1, cx0:cx1]
     pads = (cy0 - y0, y1 - cy1, cx0 - x0, x1 - cx1)  # top, bottom, left, right
@@ -118,8 +124,11 @@ def face_to_model_input(face: np.ndarray) -> np.ndarray:
 
     Values stay in 0..255: scaling to the network's range happens inside the
     model, so the training data (already 48x48 uint8) and runtime crops meet
-    here unchanged.
+    here unchanged. A 16-bit crop is first scaled to 8 bits as the pipeline
+    scales 16-bit frames (``pipeline.as_bgr``: the high byte).
     """
+    if face.dtype == np.uint16:
+        face = (face >> 8).astype(np.uint8)
     gray = to_gray(face)
     if gray.size == 0:
         raise ValueError("empty face crop")

@@ -60,10 +60,34 @@ def test_a_box_out_of_the_image_has_no_crop():
     assert fer_crop(image, (10, -40, 20, 20), MARGINS) is None
 
 
+def test_a_box_far_larger_than_the_image_has_no_crop_instead_of_a_huge_one():
+    """A bogus box many times the frame was padded to its full size (a box of
+    20,000 px: a 1.2 GB crop) only to be shrunk to 48x48. A face much closer
+    than the frame's size keeps its framed crop."""
+    image = make_image((64, 48))
+    close = fer_crop(image, (-32, -40, 128, 128))  # twice the image's longer side
+    assert close is not None and close.shape == (128, 128, 3)
+    assert np.array_equal(close[40:88, 32:96], image)
+    assert fer_crop(image, (-2000, -2000, 4064, 4048)) is None
+
+
 @pytest.mark.parametrize("shape", [(48, 48), (200, 160, 3), (30, 30, 4), (10, 12, 1)])
 def test_face_to_model_input_any_layout(shape):
     out = face_to_model_input(np.full(shape, 77, np.uint8))
     assert out.shape == (48, 48) and out.dtype == np.uint8 and (out == 77).all()
+
+
+def test_a_16_bit_face_is_scaled_to_8_bits_as_the_pipeline_scales_frames():
+    """Cast to uint8, 16-bit pixels kept their low byte only (0x8000, mid-grey,
+    became black); a direct caller's 16-bit crop meets the model as the same
+    crop of a 16-bit frame does after the pipeline's conversion (``as_bgr``)."""
+    from emojicam.pipeline import as_bgr
+
+    assert (face_to_model_input(np.full((60, 60), 0x8000, np.uint16)) == 128).all()
+    face = np.random.default_rng(0).integers(0, 65536, (60, 70, 3)).astype(np.uint16)
+    via_pipeline = as_bgr(face)
+    assert via_pipeline is not None
+    assert np.array_equal(face_to_model_input(face), face_to_model_input(via_pipeline))
 
 
 def test_batch_shape_and_empty():
