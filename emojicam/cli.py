@@ -88,7 +88,7 @@ def setup_logging(debug: bool) -> None:
 
 def cmd_process(args: argparse.Namespace) -> int:
     from emojicam.detect import privacy_warning
-    from emojicam.files import is_image, process_image, process_video
+    from emojicam.files import is_image, no_sound_note, process_image, process_video
     from emojicam.pipeline import build_pipeline
 
     config = load_config(args.config)
@@ -107,6 +107,7 @@ def cmd_process(args: argparse.Namespace) -> int:
     else:
         n = process_video(pipeline, args.input, args.output, progress=not args.no_progress)
         print(f"{args.output}: {n} frames, mode {config.mode}")
+        print(f"emojicam: {no_sound_note(args.input, args.output)}", file=sys.stderr)
     warning = privacy_warning(pipeline.detector)
     if warning and config.mode == "replace":  # the output may show faces: say so in the result, too
         print(f"emojicam: {warning}", file=sys.stderr)

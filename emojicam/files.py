@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,15 +52,17 @@ def read_image(path: Path) -> np.ndarray:
         image = _decode_file(path, cv2.IMREAD_COLOR)
     except OSError as exc:
         raise InputError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
-    _refuse_truncated(path)  # first: imdecode gives up on a cut JPEG (imread filled it in grey)
+    transparent = _pillow_check(path)  # first: imdecode gives up on a cut JPEG (imread filled it in grey)
     if image is None:
         raise InputError(f"{path}: not a readable image (PNG, JPEG, BMP, WebP or TIFF)")
-    return image
+    return _onto_white(path, image) if transparent else image
 
 
-def _refuse_truncated(path: Path) -> None:
-    """OpenCV decodes a cut JPEG as far as it goes and fills the rest with grey
-    (a 'processed' photo that is mostly grey); Pillow says the file is cut."""
+def _pillow_check(path: Path) -> bool:
+    """Refuse a cut file: OpenCV decodes a cut JPEG as far as it goes and fills
+    the rest with grey (a 'processed' photo that is mostly grey); Pillow says
+    the file is cut. Returns whether Pillow says the image may have
+    transparency (an alpha channel or a transparent palette colour)."""
     import warnings
 
     from PIL import Image, UnidentifiedImageError
@@ -68,11 +72,30 @@ def _refuse_truncated(path: Path) -> None:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 im.load()
+                return im.has_transparency_data
     except (UnidentifiedImageError, ValueError, Image.DecompressionBombError):
-        return  # a format Pillow does not read, or a photo over its size guard; OpenCV's reading stands
+        return False  # a format Pillow does not read, or a photo over its size guard; OpenCV's reading stands
     except OSError as exc:
         if "truncated" in str(exc):
             raise InputError(f"{path}: the image is cut short or damaged ({exc})") from exc
+        return False
+
+
+def _onto_white(path: Path, image_bgr: np.ndarray) -> np.ndarray:
+    """An image with transparent parts, composited onto white. OpenCV's colour
+    reading (``image_bgr``) drops the alpha channel and shows whatever colour the
+    transparent pixels hold (often black); the output keeps no transparency
+    (the emoji art is drawn onto opaque pixels), so the user is told."""
+    full = _decode_file(path, cv2.IMREAD_UNCHANGED)
+    if full is None or full.ndim != 3 or full.shape[2] != 4 or full.dtype.kind != "u":
+        return image_bgr  # e.g. a float TIFF: as OpenCV reads it
+    alpha = full[..., 3:].astype(np.float32) / np.iinfo(full.dtype).max
+    if alpha.min() == 1.0:
+        return image_bgr  # an alpha channel with nothing transparent
+    bgr = full[..., :3].astype(np.float32) * (255.0 / np.iinfo(full.dtype).max)  # 16-bit scaled to 8
+    log.warning("%s: has transparent parts; EmojiCam keeps no transparency, so they are made white",
+                path)
+    return np.rint(bgr * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -222,3 +245,17 @@ def process_video(pipeline: Pipeline, src: Path, dst: Path, progress: bool = Tru
         log.warning("%s: only %d of its %d frames could be decoded (is the file complete?); "
                     "%s holds those %d", src, written, info.frame_count, dst, written)
     return written
+
+
+def no_sound_note(src: Path, dst: Path) -> str:
+    """What to tell the user after a video run: ``VideoWriter`` writes the
+    picture only. Worded to be true whether ``src`` has sound or not (OpenCV's
+    FFmpeg backend reads no audio, so it is not known here), with the ffmpeg
+    command that copies any sound in ``src`` into a copy of ``dst`` (the
+    picture copied as it is; the sound converted to what the container takes)."""
+    with_sound = dst.with_name(f"{dst.stem}-with-sound{dst.suffix}")
+    cmd = ["ffmpeg", "-i", str(dst), "-i", str(src), "-map", "0:v", "-map", "1:a?", "-c:v", "copy",
+           str(with_sound)]
+    line = subprocess.list2cmdline(cmd) if os.name == "nt" else shlex.join(cmd)
+    return (f"{dst} has no sound: EmojiCam writes the picture only, and any sound in {src} is not "
+            f"copied. To add it from {src} (into {with_sound.name}), run: {line}")

@@ -459,3 +459,63 @@ def test_a_photo_over_pillows_size_limit_is_read_not_a_traceback(tmp_path, monke
         warnings.simplefilter("always")
         read_image(path)
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_a_video_run_says_once_that_the_output_has_no_sound_and_how_to_add_it(tmp_path):
+    """VideoWriter writes the picture only: the input's sound was dropped without a word."""
+    import shlex
+
+    from tests.factories import write_test_video
+
+    src = write_test_video(tmp_path / "my clip.avi", n_frames=5)
+    dst = tmp_path / "it's out.avi"
+    out = run_cli("process", src.name, "-o", dst.name, "--mode", "off", "--no-progress", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.count("has no sound") == 1, out.stderr
+    assert "EmojiCam writes the picture only, and any sound in my clip.avi is not copied" in out.stderr
+    command = out.stderr.split("run: ", 1)[1].splitlines()[0]
+    assert shlex.split(command) == ["ffmpeg", "-i", "it's out.avi", "-i", "my clip.avi", "-map", "0:v",
+                                    "-map", "1:a?", "-c:v", "copy", "it's out-with-sound.avi"]
+    cv2.imwrite(str(tmp_path / "photo.png"), np.full((48, 64, 3), 90, np.uint8))
+    out = run_cli("process", "photo.png", "-o", "out.png", "--mode", "off", cwd=tmp_path)
+    assert out.returncode == 0 and "sound" not in out.stderr, out.stderr  # an image has none to lose
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])  # alpha, grey and alpha, a transparent palette colour
+def test_a_transparent_png_is_flattened_onto_white_and_the_user_is_told(tmp_path, caplog, mode):
+    """OpenCV's colour reading drops the alpha channel and keeps whatever colour
+    the transparent pixels hold (black here): a sticker came out on black, unannounced."""
+    from PIL import Image
+
+    from emojicam import files
+    from tests.factories import make_fake_pipeline, make_rgba_art, write_png
+
+    src = write_png(tmp_path / "sticker.png", make_rgba_art(64, hidden_rgb=(0, 0, 0)), mode)
+    with Image.open(src) as im:  # Pillow's own compositing onto white, as the reference
+        white = Image.new("RGBA", im.size, "white")
+        expected_rgb = np.asarray(Image.alpha_composite(white, im.convert("RGBA")).convert("RGB"))
+    with caplog.at_level("WARNING", logger="emojicam.files"):
+        files.process_image(make_fake_pipeline(boxes=[]), src, tmp_path / "out.png")
+    out_rgb = cv2.imread(str(tmp_path / "out.png"))[..., ::-1]
+    assert int(np.abs(out_rgb.astype(int) - expected_rgb).max()) <= 1
+    assert (out_rgb[0, 0] == 255).all()  # a transparent corner
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{src}: has transparent parts; EmojiCam keeps no transparency, so they are made white"]
+
+
+def test_16_bit_pngs_are_scaled_to_8_bits_with_or_without_alpha(tmp_path, caplog):
+    """A 16-bit level v is v / 257 in 8 bits (65535 is 255, not clipped; 257 is 1,
+    not 0), for an opaque picture (OpenCV's reading) and a transparent one alike."""
+    from emojicam.files import read_image
+
+    levels = np.array([0, 257, 128 * 257, 200 * 257, 65535], np.uint16)
+    bgr16 = np.stack([levels, levels[::-1], levels], axis=-1)[None].repeat(3, axis=0)
+    cv2.imwrite(str(tmp_path / "rgb16.png"), bgr16)
+    expected = np.rint(bgr16 / 257).astype(np.uint8)
+    assert np.array_equal(read_image(tmp_path / "rgb16.png"), expected)
+    alpha = np.full(bgr16.shape[:2] + (1,), 65535, np.uint16)
+    alpha[0, 0] = 0  # one transparent pixel: made white, the rest as in the opaque picture
+    cv2.imwrite(str(tmp_path / "rgba16.png"), np.concatenate([bgr16, alpha], axis=-1))
+    expected[0, 0] = 255
+    assert np.array_equal(read_image(tmp_path / "rgba16.png"), expected)
+    assert "made white" in caplog.text
