@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import plistlib
+import re
 import shutil
 import subprocess
 import sys
@@ -275,6 +277,8 @@ def disable(*, home: Path | None = None, system: str | None = None, runner: Runn
 
 
 def status(*, home: Path | None = None, system: str | None = None) -> str:
+    """Which login entries there are. Raises ``EmojiCamError`` when one starts a
+    program that no longer exists, saying how to fix it."""
     system = system or platform.system()
     if system == "Darwin":
         paths = [plist_path(home)]
@@ -287,5 +291,53 @@ def status(*, home: Path | None = None, system: str | None = None) -> str:
             paths = []
         if not paths:
             return f"autostart is not enabled (no EmojiCam shortcut in {startup_folder(home)})"
-    found = [str(p) for p in paths if p.is_file()]
-    return ("enabled: " + ", ".join(found)) if found else "autostart is not enabled"
+    found = [p for p in paths if p.is_file()]
+    broken = [problem for p in found if (problem := _missing_program(p))]
+    if broken:  # an error (exit code 1), as for any other autostart problem
+        raise EmojiCamError("; ".join(broken))
+    return ("enabled: " + ", ".join(map(str, found))) if found else "autostart is not enabled"
+
+
+def _missing_program(entry: Path) -> str | None:
+    """What to tell the user when ``entry`` starts a program that is gone (the
+    venv it was enabled from was deleted or moved); None when it is there, or
+    not known (a name looked up on the session's PATH, an entry not read)."""
+    program = entry_program(entry)
+    if program is None or not os.path.isabs(program) or os.path.isfile(program):
+        return None
+    again = "emojicam autostart enable" + (" --method systemd" if entry.suffix == ".service" else "")
+    return (f"{entry} is there but starts {program}, which no longer exists (was its virtual "
+            f"environment moved or deleted?), so EmojiCam does not start at login; run '{again}' "
+            "again from the environment you use now, or 'emojicam autostart disable'")
+
+
+def entry_program(entry: Path) -> str | None:
+    """The program a login entry starts: the first word of a .desktop file's
+    ``Exec=`` or a systemd unit's ``ExecStart=`` (read back as ``desktop_entry``
+    and ``systemd_unit`` write them), or a LaunchAgent's first program argument.
+    None when there is none or it cannot be read (a Windows shortcut, a file
+    edited into another shape)."""
+    from xml.parsers.expat import ExpatError
+
+    try:
+        data = entry.read_bytes()
+        if entry.suffix == ".plist":
+            plist = plistlib.loads(data)
+            args = plist.get("ProgramArguments") if isinstance(plist, dict) else None
+            return args[0] if isinstance(args, list) and args and isinstance(args[0], str) else None
+        key = {".desktop": "Exec=", ".service": "ExecStart="}.get(entry.suffix)
+        if key is None:
+            return None
+        value = next(line[len(key):] for line in data.decode("utf-8").splitlines() if line.startswith(key))
+    except (OSError, ValueError, StopIteration, ExpatError):  # (a bad plist or UTF-8: ValueError)
+        return None
+    if entry.suffix == ".desktop":  # the spec's string escapes come off before its quoting
+        value = re.sub(r"\\(.)", lambda m: {"s": " ", "n": "\n", "t": "\t", "r": "\r"}.get(m[1], m[1]), value)
+    # The first word: in double quotes (where a backslash escapes the next character), or bare
+    first = re.match(r'\s*(?:"((?:[^"\\]|\\.)*)"|([^\s"]+))', value)
+    if first is None:
+        return None
+    program = re.sub(r"\\(.)", r"\1", first[1]) if first[1] is not None else first[2]
+    if entry.suffix == ".service":  # systemd's prefixes (-, @, :, +, !): never in a unit 'enable' wrote
+        program = program.lstrip("-@:+!")
+    return program.replace("%%", "%")

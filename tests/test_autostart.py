@@ -30,15 +30,25 @@ class Runner:
         )
 
 
+def make_program(folder: Path) -> list[str]:
+    """A command whose program exists (``status`` checks it), in a folder with a space."""
+    program = folder / "emoji cam" / "emojicam"
+    program.parent.mkdir(parents=True, exist_ok=True)
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    return [str(program), "run"]
+
+
 def test_xdg_enable_disable(tmp_path: Path) -> None:
-    message = autostart.enable("xdg", home=tmp_path, system="Linux", cmd=CMD)
+    cmd = make_program(tmp_path)
+    message = autostart.enable("xdg", home=tmp_path, system="Linux", cmd=cmd)
     path = tmp_path / ".config" / "autostart" / "emojicam.desktop"
     assert str(path) in message
     entry = configparser.ConfigParser(interpolation=None)
     entry.read(path)
     desktop = entry["Desktop Entry"]
     assert desktop["Type"] == "Application" and desktop["Name"] == "EmojiCam"
-    assert desktop["Exec"] == '"/opt/emoji cam/bin/emojicam" run'
+    assert desktop["Exec"] == f'"{cmd[0]}" run'
     assert "enabled" in autostart.status(home=tmp_path, system="Linux")
     assert "removed" in autostart.disable(home=tmp_path, system="Linux")
     assert not path.exists()
@@ -75,7 +85,7 @@ def test_systemd_failure_changes_nothing_and_says_so(tmp_path: Path) -> None:
 def test_a_failed_systemd_reenable_keeps_the_unit_that_was_enabled(tmp_path: Path) -> None:
     """Run again over SSH (no user bus), enable used to delete the working unit
     while saying "autostart is unchanged"."""
-    autostart.enable("systemd", home=tmp_path, system="Linux", runner=Runner(), cmd=CMD)
+    autostart.enable("systemd", home=tmp_path, system="Linux", runner=Runner(), cmd=make_program(tmp_path))
     unit = autostart.unit_path(tmp_path)
     before = unit.read_text()
     with pytest.raises(EmojiCamError, match="autostart is unchanged"):
@@ -329,3 +339,49 @@ def test_systemd_analyze_accepts_the_unit_for_odd_paths(tmp_path: Path) -> None:
     done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True,
                           timeout=60, check=False)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(("method", "system"), [("xdg", "Linux"), ("systemd", "Linux"), ("xdg", "Darwin")])
+def test_status_says_when_the_program_the_entry_starts_is_gone(tmp_path: Path, method: str, system: str,
+                                                              capsys) -> None:
+    """The venv autostart was enabled from was deleted: status still said
+    "enabled", and nothing started at login."""
+    import platform
+
+    cmd = make_program(tmp_path)
+    autostart.enable(method, home=tmp_path, system=system, runner=Runner(), cmd=cmd)
+    assert autostart.status(home=tmp_path, system=system).startswith("enabled: ")
+    Path(cmd[0]).unlink()  # the venv is gone
+    with pytest.raises(EmojiCamError) as err:
+        autostart.status(home=tmp_path, system=system)
+    again = "emojicam autostart enable" + (" --method systemd" if method == "systemd" else "")
+    assert f"starts {cmd[0]}, which no longer exists" in str(err.value)
+    assert f"run '{again}' again from the environment you use now" in str(err.value)
+    if platform.system() == system:  # the command: the same words on stderr, and exit code 1
+        args = argparse.Namespace(action="status", method=method)
+        assert commands_daemon.cmd_autostart(args, home=tmp_path) == commands_daemon.EXIT_FAIL
+        assert "no longer exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "path", ["/home/józef/emoji cam/.venv/bin/emojicam", "/opt/$app/emojicam", "/opt/a\\b/emojicam",
+             '/opt/a "b"/emojicam', "/opt/`x`/emo%cam", "/opt/a\\sb/emojicam"],
+)
+@pytest.mark.parametrize("write", [autostart.desktop_entry, autostart.systemd_unit, autostart.launch_agent])
+def test_entry_program_reads_back_the_program_each_entry_was_written_with(tmp_path: Path, write,
+                                                                         path: str) -> None:
+    suffix = {autostart.desktop_entry: ".desktop", autostart.systemd_unit: ".service"}.get(write, ".plist")
+    entry = tmp_path / f"emojicam{suffix}"
+    entry.write_text(write([path, "run", "--config", "/a/$b c.yaml"]), encoding="utf-8")
+    assert autostart.entry_program(entry) == path
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [("emojicam.desktop", "[Desktop Entry]\nName=EmojiCam\n"), ("emojicam.desktop", 'Exec="unclosed\n'),
+     ("emojicam.service", "ExecStart=\n"), ("emojicam.plist", "<plist><dict>"), ("emojicam.lnk", "L")],
+)
+def test_an_entry_that_cannot_be_read_is_not_called_broken(tmp_path: Path, name: str, text: str) -> None:
+    entry = tmp_path / name
+    entry.write_text(text)
+    assert autostart.entry_program(entry) is None
