@@ -4,6 +4,8 @@ Per track: probabilities are averaged exponentially with a half-life in
 seconds (frame-rate independent). The shown emotion changes only when
 (1) the current one has been shown for ``min_hold_s`` and (2) the
 challenger's smoothed probability beats the current one by ``switch_margin``.
+A step back in time (a looping video restarting at 0) counts as no time, as
+in the tracker.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ class HysteresisSmoother:
             st = _TrackState(scores.probs.copy(), scores.top, timestamp_s, timestamp_s)
             self._state[track_id] = st
             return EmotionScores(st.probs), st.shown
+        if timestamp_s < st.last_s:  # the clock went back (a looping video): that step counts as no time
+            back = st.last_s - timestamp_s
+            st.last_s, st.shown_since_s = timestamp_s, st.shown_since_s - back
         if scores is not None:
             dt = max(0.0, timestamp_s - st.last_s)
             hl = self.cfg.half_life_s

@@ -62,3 +62,16 @@ def test_unclassified_frames_keep_scores_and_forget_drops_tracks():
     s.forget(set())
     fresh, shown = s.update(7, None, 1.0)
     assert fresh.probs == pytest.approx(np.full(7, 1 / 7))
+
+
+def test_a_clock_that_goes_back_does_not_freeze_the_shown_emoji():
+    """A looping video restarting at t=0 (or a camera clock reset) after 100 s:
+    the shown emotion stayed frozen until the clock came back to 100 s."""
+    cfg = SmoothingConfig(half_life_s=0.0, switch_margin=0.0, min_hold_s=1.0)
+    smoother = HysteresisSmoother(cfg)
+    for i in range(30):  # happy, shown since t=99
+        smoother.update(1, make_scores(Emotion.HAPPY, 0.7), 99.0 + i / 30)
+    shown = [smoother.update(1, make_scores(Emotion.SAD, 0.7), i / 30)[1] for i in range(60)]
+    # the 1 s on happy has passed (0.97 s before the jump, the rest after it): sad shows within 1 s
+    assert shown[0] is Emotion.HAPPY and shown.index(Emotion.SAD) <= 30
+    assert set(shown[shown.index(Emotion.SAD):]) == {Emotion.SAD}
