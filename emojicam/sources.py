@@ -27,6 +27,7 @@ import numpy as np
 
 from emojicam.config import CameraConfig
 from emojicam.errors import EmojiCamError
+from emojicam.pipeline import as_bgr
 from emojicam.types import Frame
 
 log = logging.getLogger(__name__)
@@ -96,22 +97,11 @@ def is_camera(spec: int | str) -> bool:
 
 
 def to_bgr(image: np.ndarray | None) -> np.ndarray | None:
-    """Normalise what a capture returns to 3-channel uint8 BGR; None if empty."""
-    if image is None or image.size == 0:
-        return None
-    if image.dtype == np.uint16:  # a 16-bit camera (IR, depth, Y16): scale it, do not clip it to white
-        image = cv2.convertScaleAbs(image, alpha=1 / 256)
-    elif image.dtype != np.uint8:
-        image = cv2.convertScaleAbs(image)
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if image.ndim == 3 and image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    if image.ndim == 3 and image.shape[2] == 1:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if image.ndim == 3 and image.shape[2] == 3:
-        return image
-    return None
+    """Normalise what a capture returns to 3-channel uint8 BGR, exactly as the
+    pipeline reads a frame (``pipeline.as_bgr``: gray and BGRA converted, a
+    float frame taken as 0..1 or 0..255, a 16-bit one by its high byte); None
+    if empty or not an image the pipeline can read."""
+    return None if image is None else as_bgr(image)
 
 
 class Pacer:
