@@ -9,8 +9,9 @@ import pytest
 from emojicam.classify import TFLiteClassifier, default_model_path, labels_path_for
 from emojicam.config import ClassifierConfig
 from emojicam.errors import SetupError
+from emojicam.preprocess import batch_to_model_input
 from emojicam.types import Emotion
-from tests.factories import fer_private_sample, make_box, make_image
+from tests.factories import fer_private_sample, make_box, make_image, make_scene
 
 FIXTURES = Path(__file__).parent / "data"
 
@@ -58,11 +59,20 @@ def test_batch_matches_single(classifier):
 
 
 def test_classify_boxes_including_degenerate_ones(classifier):
-    image = make_image((320, 240))
-    boxes = [make_box(10, 10, 60, 60), make_box(400, 400, 50, 50), make_box(300, 200, 40, 80)]
-    scores = classifier.classify(image, boxes)
+    image = make_scene((320, 240), seed=4)
+    inside, outside, cut = make_box(10, 10, 60, 60), make_box(400, 400, 50, 50), make_box(300, 200, 40, 80)
+    scores = classifier.classify(image, [inside, outside, cut])
     assert len(scores) == 3
     assert scores[1].probs == pytest.approx(np.full(7, 1 / 7))  # fully outside: uniform
+    # A box the frame cuts (x 300..340 of 320, y 200..280 of 240) keeps its framing: the
+    # part in the frame, its last column and row repeated out to the box's size.
+    cut_crop = np.pad(image[200:240, 300:320], ((0, 40), (0, 20), (0, 0)), mode="edge")
+    assert cut_crop.shape == (80, 40, 3)
+    for got, crop in ((scores[0], image[10:70, 10:70]), (scores[2], cut_crop)):
+        direct = classifier.predict(batch_to_model_input([crop]))[0]
+        assert got.probs.sum() == pytest.approx(1.0, abs=1e-5) and (got.probs >= 0).all()
+        assert np.ptp(got.probs) > 0.05  # a real answer, not the uniform "no face"
+        np.testing.assert_allclose(got.probs, direct, atol=1e-6)
     assert classifier.classify(image, []) == []
 
 

@@ -611,15 +611,53 @@ def test_privacy_blank_is_flat_and_keeps_shape():
     assert out.shape == image.shape and out.dtype == np.uint8 and len(np.unique(out)) == 1
 
 
+def _neighbour_detail(image: np.ndarray) -> float:
+    """Mean absolute difference of neighbouring pixels (down and across): fine detail."""
+    a = np.asarray(image, np.float64)
+    return float(np.abs(np.diff(a, axis=0)).mean() + np.abs(np.diff(a, axis=1)).mean()) / 2
+
+
+def _scene_as(form: str) -> np.ndarray:
+    """One textured scene in each form a frame may come in."""
+    bgr = make_scene((160, 120))
+    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    bgra = cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)
+    bgra[..., 3] = bgr[..., 0]  # detail in the alpha channel too
+    return {
+        "gray": gray,
+        "gray1": gray[..., None],
+        "bgr": bgr,
+        "bgra": bgra,
+        "float": bgr.astype(np.float32) / 255,
+        "uint16": bgr.astype(np.uint16) * 257,
+        "int64": bgr.astype(np.int64),
+    }[form]
+
+
+@pytest.mark.parametrize("form", ["gray", "gray1", "bgr", "bgra", "float", "uint16", "int64"])
+@pytest.mark.parametrize("action", ["blur", "blank"])
+def test_privacy_cover_accepts_any_frame(form, action):
+    """Whatever the frame's form, the cover hides it: blank is one flat value,
+    blur keeps under a quarter of the fine detail (identity keeps all of it)."""
+    image = _scene_as(form)
+    before = image.copy()
+    out = privacy_cover(image, action)
+    assert out.shape == image.shape and out.dtype == image.dtype and out is not image
+    np.testing.assert_array_equal(image, before)  # the input is left alone
+    if action == "blank":
+        assert len(np.unique(out)) == 1
+    else:
+        assert _neighbour_detail(out) < 0.25 * _neighbour_detail(image)
+
+
 @pytest.mark.parametrize(
     "image",
-    [np.zeros((48, 64), np.uint8), np.zeros((48, 64, 3), np.uint8), np.zeros((48, 64, 4), np.uint8),
-     np.zeros((48, 64, 3), np.float32), np.zeros((48, 64, 3), np.int64), np.zeros((0, 0, 3), np.uint8),
-     np.zeros((1, 1, 3), np.uint8), np.zeros((1, 1, 4), np.uint8), np.zeros((1, 1), np.uint8)],
-    ids=["gray", "bgr", "bgra", "float", "int64", "empty", "1px", "1px-bgra", "1px-gray"],
+    [np.zeros((0, 0, 3), np.uint8), np.zeros((1, 1, 3), np.uint8), np.zeros((1, 1, 4), np.uint8),
+     np.zeros((1, 1), np.uint8)],
+    ids=["empty", "1px", "1px-bgra", "1px-gray"],
 )
 @pytest.mark.parametrize("action", ["blur", "blank"])
-def test_privacy_cover_accepts_any_frame(image, action):
+def test_privacy_cover_accepts_degenerate_frames(image, action):
     out = privacy_cover(image, action)
     assert out.shape == image.shape and out.dtype == image.dtype and out is not image
 

@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -324,9 +327,28 @@ def test_a_config_that_does_not_load_fails_the_doctor(tmp_path: Path) -> None:
     assert "config" not in by_name(doctor.run_checks(healthy(tmp_path)))
 
 
-def test_tray_and_asset_failures_fail_the_run(tmp_path: Path) -> None:
-    probe = healthy(tmp_path, tray_probe=lambda: doctor.Check("tray", "warn", "Xorg backend", "install ..."))
-    assert not doctor.all_ok(doctor.run_checks(probe))
+@pytest.mark.parametrize(
+    ("changes", "failing"),
+    [
+        ({"tray_probe": lambda: doctor.Check("tray", "warn", "Xorg backend", "install ...")}, ["tray"]),
+        ({"tray_probe": lambda: doctor.Check("tray", "fail", "no tray backend", "install ...")}, ["tray"]),
+        ({"assets_probe": lambda: [doctor.Check("model", "fail", "not a valid TFLite model", "reinstall")]},
+         ["model"]),
+        ({"assets_probe": lambda: [doctor.Check("model", "ok", "loads"),
+                                   doctor.Check("emoji", "warn", "sad.png is empty", "redraw it")]},
+         ["emoji"]),
+    ],
+    ids=["tray-warn", "tray-fail", "model-fail", "emoji-warn"],
+)
+def test_tray_and_asset_failures_fail_the_run(
+    tmp_path: Path, capsys, changes: dict, failing: list[str]
+) -> None:
+    probe = healthy(tmp_path, **changes)
+    checks = doctor.run_checks(probe)
+    assert [c.name for c in checks if c.status not in ("ok", "skip")] == failing  # and nothing else
+    assert not doctor.all_ok(checks)
+    assert commands_daemon.cmd_doctor(argparse.Namespace(json=False, config=None), probe=probe) == 1
+    assert "1 problem(s) found" in capsys.readouterr().out
 
 
 def test_cmd_doctor_exit_codes_and_json(tmp_path: Path, capsys) -> None:
@@ -343,10 +365,78 @@ def test_cmd_doctor_exit_codes_and_json(tmp_path: Path, capsys) -> None:
     assert "[FAIL] permissions" in out and "fix: sudo usermod" in out and "1 problem(s) found" in out
 
 
-def test_the_real_tray_probe_runs_here() -> None:
-    """The real probe runs without raising (what it finds depends on the box)."""
+def test_the_real_tray_probe_runs_without_raising_here() -> None:
+    """A smoke test on this box's real pystray: what it finds depends on the box
+    (the next test pins what it finds)."""
     check = doctor.probe_tray()
-    assert check.name == "tray" and check.detail
+    assert check.name == "tray" and check.status in ("ok", "warn", "fail") and check.detail
+    assert check.status == "ok" or check.fix
+
+
+#: What the tray probe reads from the environment.
+TRAY_ENVIRONMENT = (
+    "DISPLAY", "WAYLAND_DISPLAY", "XDG_CURRENT_DESKTOP", "DBUS_SESSION_BUS_ADDRESS", "PYSTRAY_BACKEND"
+)
+
+
+def _fake_pystray(backend: str) -> types.ModuleType:
+    """A stand-in for pystray having picked ``backend`` at import."""
+    module = types.ModuleType("pystray")
+    module.Icon = type("Icon", (), {"__module__": f"pystray._{backend}"})
+    return module
+
+
+@pytest.mark.parametrize(
+    ("backend", "env", "xembed_tray", "expected"),
+    [
+        ("xorg", {"DISPLAY": ":5"}, True,
+         doctor.Check("tray", "warn", "Xorg backend: icon only, no menu", "MENU_HOWTO")),
+        ("xorg", {"DISPLAY": ":5", "XDG_CURRENT_DESKTOP": "ubuntu:GNOME"}, False,
+         doctor.Check("tray", "fail", "Xorg backend (icon only, no menu), and no system tray is running",
+                      "GNOME_TRAY_ADVICE MENU_HOWTO")),
+        ("appindicator", {}, None,
+         doctor.Check("tray", "fail", "appindicator backend, but no D-Bus session bus "
+                      "(DBUS_SESSION_BUS_ADDRESS is not set)",
+                      "Start EmojiCam from your desktop session, or under dbus-run-session.")),
+        ("appindicator", {"DBUS_SESSION_BUS_ADDRESS": "unix:path=/run/user/1000/bus"}, None,
+         doctor.Check("tray", "ok", "appindicator backend: icon and menu")),
+        ("gtk", {"DBUS_SESSION_BUS_ADDRESS": "unix:path=/run/user/1000/bus"}, False,
+         doctor.Check("tray", "fail", "gtk backend, but no system tray is running",
+                      "Use a desktop or panel with a system tray (notification area).")),
+        ("darwin", {}, None, doctor.Check("tray", "ok", "darwin backend")),
+    ],
+    ids=["xorg", "xorg-no-tray-gnome", "appindicator-no-bus", "appindicator", "gtk-no-tray", "darwin"],
+)
+def test_the_tray_probe_reads_what_this_machine_has(
+    tmp_path: Path, monkeypatch, backend: str, env: dict, xembed_tray: bool | None, expected: doctor.Check
+) -> None:
+    """``probe_tray`` with the machine pinned: pystray's backend, the
+    environment, an XEmbed tray, the venv; the exact check comes out."""
+    from emojicam import tray
+
+    for name in TRAY_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))  # no bus socket in it
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setitem(sys.modules, "pystray", _fake_pystray(backend))
+    monkeypatch.setattr(tray, "xembed_tray_runs", lambda display=None: xembed_tray)
+    monkeypatch.setattr(tray, "isolated_venv", lambda: False)
+    fix = expected.fix.replace("GNOME_TRAY_ADVICE", tray.GNOME_TRAY_ADVICE).replace(
+        "MENU_HOWTO", tray.menu_howto(False))
+    assert doctor.probe_tray() == dataclasses.replace(expected, fix=fix)
+
+
+def test_the_tray_probe_without_pystray_says_why(tmp_path: Path, monkeypatch) -> None:
+    for name in TRAY_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setitem(sys.modules, "pystray", None)  # importing it raises ImportError
+    with pytest.raises(ImportError) as failure:
+        import pystray  # noqa: F401
+    check = doctor.probe_tray()
+    assert (check.name, check.status) == ("tray", "fail")
+    assert check.detail == f"no tray backend ({failure.typename}: {failure.value})"
+    assert check.fix.startswith("There is no graphical session (DISPLAY is not set)")
 
 
 def test_the_bundled_model_and_emoji_pass_and_a_broken_model_fails(tmp_path: Path) -> None:

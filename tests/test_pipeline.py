@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from emojicam.pipeline import Pipeline, reconfigure
 from emojicam.smooth import HysteresisSmoother
 from emojicam.track import IoUTracker
 from emojicam.types import Emotion, EmotionScores, FaceBox, FaceResult, Frame
-from tests.factories import make_box, make_frame, make_scores
+from tests.factories import FakeClock, make_box, make_frame, make_scores
 
 
 @dataclasses.dataclass
@@ -59,16 +61,50 @@ def make_pipeline(boxes=None, detect_every_n=1, classify_every_n=1, mode="replac
     )
 
 
-def test_process_runs_every_stage_and_leaves_input_untouched():
-    p = make_pipeline([make_box(10, 10, 50, 50), make_box(200, 100, 80, 80)])
+class Slowed:
+    """``stage`` whose ``method`` takes ``seconds`` on ``clock`` at each call;
+    everything else passes through (protocol checks included)."""
+
+    def __init__(self, stage: Any, method: str, clock: FakeClock, seconds: float) -> None:
+        self._stage, self._method, self._clock, self._seconds = stage, method, clock, seconds
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._stage, name)
+        if name != self._method:
+            return attr
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            self._clock.advance(self._seconds)
+            return attr(*args, **kwargs)
+
+        return timed
+
+
+def test_process_runs_every_stage_and_leaves_input_untouched(monkeypatch):
+    from emojicam import pipeline as pipeline_module
+
+    clock = FakeClock()
+    monkeypatch.setattr(pipeline_module, "time", types.SimpleNamespace(perf_counter=clock))
+    plain = make_pipeline([make_box(10, 10, 50, 50), make_box(200, 100, 80, 80)])
+    p = dataclasses.replace(
+        plain,
+        detector=Slowed(plain.detector, "detect", clock, 0.001),
+        tracker=Slowed(plain.tracker, "update", clock, 0.002),
+        classifier=Slowed(plain.classifier, "classify", clock, 0.004),
+        smoother=Slowed(plain.smoother, "update", clock, 0.008),  # once per face
+        compositor=Slowed(plain.compositor, "compose", clock, 0.032),
+    )
     frame = make_frame()
     before = frame.image_bgr.copy()
     image, results = p.process(frame)
     np.testing.assert_array_equal(frame.image_bgr, before)
     assert len(results) == 2 and {r.emotion for r in results} == {Emotion.HAPPY}
-    assert p.classifier.batches == [2]  # all faces in one batch
+    assert plain.detector.calls == 1
+    assert plain.classifier.batches == [2]  # all faces in one batch
+    assert plain.compositor.calls == [("replace", 2)]
     assert (image[10:60, 10:60] == 255).all()
-    assert p.times.detect >= 0 and p.times.compose >= 0
+    # Each stage's time is its own, so each stage ran, and ran once (smoothing once a face).
+    assert dataclasses.astuple(p.times) == pytest.approx((0.001, 0.002, 0.004, 0.016, 0.032))
 
 
 def test_track_ids_stable_across_frames():

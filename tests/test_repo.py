@@ -42,7 +42,7 @@ def test_bundled_assets_are_ours_and_present():
     assert (REPO / "models" / "emotion.tflite").stat().st_size <= 3 * 1024 * 1024
     labels = (REPO / "models" / "emotion.labels.txt").read_text().split()
     assert labels == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
-    for name in labels:
-        assert (REPO / "emoji_pngs" / f"{name}.png").is_file()
+    for name in [*labels, "paused"]:  # an emoji per class, and the tray's paused icon
+        assert (REPO / "emoji_pngs" / f"{name}.png").is_file(), name
     assert (REPO / "emoji_pngs" / "LICENSE.md").is_file()
     assert (REPO / "models" / "README.md").is_file()

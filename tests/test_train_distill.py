@@ -83,33 +83,51 @@ def test_a_run_refuses_to_resume_with_another_teacher(tmp_path):
         fit(data, run, recipe, teacher=second)
 
 
+def _views_averaged(model, images: np.ndarray, flip=lambda x: x[:, :, ::-1]) -> np.ndarray:
+    """The model's probabilities averaged over each face and ``flip`` of it (by
+    default its mirror image), computed here with Keras alone. ``images`` is
+    (N, H, W) and the model takes NHWC: the width is axis 2 of both."""
+    import keras
+
+    x = images[..., None].astype(np.float32)
+    views = [keras.ops.convert_to_numpy(model(v, training=False)) for v in (x, flip(x))]
+    return (views[0] + views[1]) / 2
+
+
 def test_teach_averages_the_runs_flip_averaged_predictions(tmp_path):
     pytest.importorskip("keras", reason="teach runs Keras models; install the 'train' extra")
+    import keras
+
+    from train.data import load_fer
     from train.distill import run_probabilities, teach
     from train.model import build_model
 
     data = tmp_path / "fer.npz"
     _tiny_fer(data)
-    runs = []
+    runs, models = [], []
     for seed in (1, 2):
         run = tmp_path / f"run{seed}"
         run.mkdir()
         recipe = Recipe(arch="small", seed=seed)
         (run / "run.json").write_text(json.dumps({"recipe": asdict(recipe), "data": str(data)}))
-        import keras
-
         keras.utils.set_random_seed(seed)
-        build_model("small").save_weights(str(run / "best.weights.h5"))
+        model = build_model("small")
+        model.save_weights(str(run / "best.weights.h5"))
         runs.append(run)
+        models.append(model)
     out = teach(runs, data, tmp_path / "teacher.npz")
     with np.load(out) as f:
         ensemble, names = f["probs"], list(f["runs"])
     assert names == ["run1", "run2"]
-    from train.data import load_fer
 
     images = load_fer(data, "train").images
-    each = [run_probabilities(r, images) for r in runs]
+    each = [_views_averaged(m, images) for m in models]  # the nets in memory, not read back
     assert not np.allclose(each[0], each[1], atol=1e-4)  # two different nets
     np.testing.assert_allclose(ensemble, (each[0] + each[1]) / 2, atol=1e-5)
-    mirrored = [run_probabilities(r, images[:, :, ::-1]) for r in runs]
-    np.testing.assert_allclose(mirrored[0], each[0], atol=1e-5)  # flip-averaged: mirror-invariant
+    # The expectation can tell: no flip, or the picture turned upside down, gives another answer.
+    for flip in (lambda x: x, lambda x: x[:, ::-1]):
+        other = [_views_averaged(m, images, flip) for m in models]
+        assert not np.allclose(ensemble, (other[0] + other[1]) / 2, atol=1e-4)
+    for run, expected in zip(runs, each, strict=True):  # each run flip-averaged, so mirror-invariant
+        np.testing.assert_allclose(run_probabilities(run, images), expected, atol=1e-5)
+        np.testing.assert_allclose(run_probabilities(run, images[:, :, ::-1]), expected, atol=1e-5)

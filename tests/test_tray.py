@@ -25,6 +25,7 @@ import pytest
 from emojicam import tray
 from emojicam.config import Config, EmojiConfig, TrayConfig
 from emojicam.status import EngineStatus
+from emojicam.types import Emotion
 from tests.factories import wait_for
 
 BASE = EngineStatus(
@@ -111,30 +112,48 @@ def test_icon_name(changes, name) -> None:
     assert tray.icon_name(status(**changes)) == name
 
 
+#: Every picture the tray icon shows (``icon_name``), each a bundled PNG.
+ICON_NAMES = [e.value for e in Emotion] + ["paused"]
+
+
+def bundled_png_at(name: str, size_px: int) -> np.ndarray:
+    """The bundled ``<name>.png`` scaled to ``size_px``, as int16 RGBA (the PNGs are square)."""
+    from PIL import Image
+
+    from emojicam import assets
+
+    with Image.open(assets.emoji_dir() / f"{name}.png") as im:
+        art = im.convert("RGBA").resize((size_px, size_px), Image.Resampling.LANCZOS)
+    return np.asarray(art, np.int16)
+
+
+def shows_bundled_png(icon: Any, name: str) -> bool:
+    return bool(np.abs(np.asarray(icon, np.int16) - bundled_png_at(name, icon.width)).mean() < 2)
+
+
 def test_icon_images_from_pngs_or_drawn(tmp_path: Path, monkeypatch) -> None:
     from emojicam import assets
 
     tray.icon_image.cache_clear()
     with monkeypatch.context() as m:
         m.setattr(assets, "emoji_dir", lambda: tmp_path / "not-installed")
-        drawn = tray.icon_image("happy", 32, str(tmp_path))  # no PNG anywhere: drawn circle
+        drawn = {name: tray.icon_image(name, 32, str(tmp_path)) for name in ICON_NAMES}  # no PNG anywhere
     tray.icon_image.cache_clear()
-    assert drawn.size == (32, 32) and drawn.mode == "RGBA"
-    assert drawn.getpixel((16, 16))[:3] == (250, 200, 40) and drawn.getpixel((0, 0))[3] == 0
+    happy = drawn["happy"]
+    assert happy.size == (32, 32) and happy.mode == "RGBA"
+    assert happy.getpixel((16, 16))[:3] == (250, 200, 40) and happy.getpixel((0, 0))[3] == 0
 
-    if not (assets.emoji_dir() / "happy.png").exists():
-        pytest.skip("bundled emoji PNGs not generated yet")
-    real = tray.icon_image("happy", 32)
-    assert real.size == (32, 32) and real.mode == "RGBA" and real.getpixel((16, 16))[3] == 255
+    for name in ICON_NAMES:  # a missing or unreadable bundled PNG fails here, it is not skipped
+        real = tray.icon_image(name, 32)
+        assert real.size == (32, 32) and real.mode == "RGBA" and real.getpixel((16, 16))[3] == 255
+        assert shows_bundled_png(real, name), name
+        assert real.tobytes() != drawn[name].tobytes(), name
 
 
 def test_the_tray_icon_uses_the_users_emoji_folder(tmp_path: Path) -> None:
     """The icon once always showed the bundled emoji, whatever emoji.folder said."""
-    from emojicam import assets
     from tests.factories import write_png
 
-    if not (assets.emoji_dir() / "paused.png").exists():
-        pytest.skip("bundled emoji PNGs not generated yet")
     tray.icon_image.cache_clear()
     art = np.zeros((40, 40, 4), np.uint8)
     art[...] = (10, 200, 30, 255)  # a plain green square
@@ -146,10 +165,10 @@ def test_the_tray_icon_uses_the_users_emoji_folder(tmp_path: Path) -> None:
     assert icon.icons[-1].getpixel((16, 16)) == (10, 200, 30, 255)
     eng.st = status(state="paused")  # no paused.png in the user's folder: the bundled one
     tray._IconUpdater(icon, eng).tick()
-    assert icon.icons[-1].tobytes() == tray.icon_image("paused").tobytes()
+    assert shows_bundled_png(icon.icons[-1], "paused")
     # A PNG the video refuses (nothing drawn) is refused in the tray too: the bundled one.
     write_png(tmp_path / "sad.png", np.zeros((40, 40, 4), np.uint8))
-    assert tray.icon_image("sad", folder=str(tmp_path)).tobytes() == tray.icon_image("sad").tobytes()
+    assert shows_bundled_png(tray.icon_image("sad", folder=str(tmp_path)), "sad")
 
 
 def test_an_edit_of_the_icon_rate_applies_while_running(monkeypatch) -> None:
