@@ -410,6 +410,21 @@ def rss_bytes() -> int:
         return -1
 
 
+def share_in_view(box: FaceBox, size_wh: tuple[int, int]) -> float:
+    """The share of ``box``'s area inside a frame of ``size_wh`` (0 when none)."""
+    c = box.clipped(size_wh)
+    return 0.0 if c is None else c.w * c.h / max(1, box.w * box.h)
+
+
+def blazeface_installed(full_range: bool = True) -> bool:
+    """Whether ``emojicam models install`` has put the BlazeFace models in place
+    (verified files; the full-range one too unless ``full_range`` is False).
+    Without them ``auto`` runs Haar, which promises less (RELIABILITY finding 6)."""
+    from emojicam.blazeface import find_blazeface_model, find_full_range_model
+
+    return find_blazeface_model() is not None and (not full_range or find_full_range_model() is not None)
+
+
 # ---------------------------------------------------------------- models install / blazeface / bench
 
 

@@ -10,7 +10,10 @@ edges or a few pixels wide, 0 and 20 faces, very dark and very bright frames.
 handler, so the tests check more than that: no stage failed at all
 (``failed_frames`` stays 0), every face the pipeline reports is covered by its
 emoji in the output, and a warning, when there is one, is logged once per
-kind, not per frame. The classifier's answers are not checked (the shipped
+kind, not per frame. Where a real face is pasted in and the product promises
+to hide it (RELIABILITY.md findings 5 and 8), the face itself is checked too,
+at the box it was pasted at: a face the pipeline does not report is not
+"covered" by default. The classifier's answers are not checked (the shipped
 model is provisional).
 """
 
@@ -18,15 +21,16 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import pytest
 
+from benchmarks.face_leak import VISIBLE_LEAK_FRAC, face_ellipse
 from emojicam.config import load_config
 from emojicam.pipeline import Pipeline, as_bgr, build_pipeline
 from emojicam.types import FaceBox, FaceResult, Frame
-from tests.factories import make_scene, paste_face, selfie_face_patch
+from tests.factories import blazeface_installed, make_scene, paste_face, selfie_face_patch, share_in_view
 
 
 @pytest.fixture
@@ -39,41 +43,73 @@ def face(selfie_mp4) -> tuple[np.ndarray, FaceBox]:
     return selfie_face_patch(selfie_mp4)
 
 
+def face_scene(face: tuple[np.ndarray, FaceBox], size_wh: tuple[int, int] = (640, 480),
+               center_frac: tuple[float, float] = (0.5, 0.5), side_frac: float = 0.3,
+               seed: int = 0) -> tuple[np.ndarray, FaceBox]:
+    """A scene with the selfie face pasted at a place and size relative to the
+    frame, and the face's true box in it (not clipped to the frame)."""
+    w, h = size_wh
+    return paste_face(make_scene(size_wh, seed=seed), face[0], face[1],
+                      (center_frac[0] * w, center_frac[1] * h), side_frac * min(w, h))
+
+
 def face_frame(face: tuple[np.ndarray, FaceBox], size_wh: tuple[int, int] = (640, 480),
                center_frac: tuple[float, float] = (0.5, 0.5), side_frac: float = 0.3,
                seed: int = 0) -> np.ndarray:
-    """A scene with the selfie face pasted at a place and size relative to the frame."""
-    w, h = size_wh
-    image, _ = paste_face(make_scene(size_wh, seed=seed), face[0], face[1],
-                          (center_frac[0] * w, center_frac[1] * h), side_frac * min(w, h))
-    return image
+    """``face_scene``'s image alone."""
+    return face_scene(face, size_wh, center_frac, side_frac, seed)[0]
+
+
+def covered_mask(pipeline: Pipeline, out: np.ndarray, results: list[FaceResult]) -> np.ndarray:
+    """HxW bool: pixels of ``out`` that show the emoji, not the frame: they equal
+    the same results composed over black and over white."""
+    h, w = out.shape[:2]
+    if not results:
+        return np.zeros((h, w), bool)
+    black = pipeline.compositor.compose(np.zeros((h, w, 3), np.uint8), results, "replace")
+    white = pipeline.compositor.compose(np.full((h, w, 3), 255, np.uint8), results, "replace")
+    return np.all((out == black) & (out == white), axis=2)
 
 
 def assert_covered(
     pipeline: Pipeline, image_bgr: np.ndarray, out: np.ndarray, results: list[FaceResult]
 ) -> None:
-    """Every pixel of every reported face box shows the emoji, not the frame:
-    the output equals the same results composed over black and over white."""
+    """Every pixel of every box the pipeline reports shows the emoji, not the
+    frame. (Says nothing of a face it did not report: see ``face_shown``.)"""
     h, w = image_bgr.shape[:2]
-    if not results:
-        return
-    black = pipeline.compositor.compose(np.zeros((h, w, 3), np.uint8), results, "replace")
-    white = pipeline.compositor.compose(np.full((h, w, 3), 255, np.uint8), results, "replace")
+    covered = covered_mask(pipeline, out, results)
     for r in results:
         c = r.box.clipped((w, h))
         if c is None:
             continue
-        region = (slice(c.y, c.y + c.h), slice(c.x, c.x + c.w))
-        assert np.array_equal(out[region], black[region]) and np.array_equal(out[region], white[region]), (
+        assert covered[c.y : c.y + c.h, c.x : c.x + c.w].all(), (
             f"face box {r.box.xywh} not fully covered in a {w}x{h} frame"
         )
 
 
-def run_stream(pipeline: Pipeline, images: Iterable[np.ndarray]) -> list[tuple[np.ndarray, list[FaceResult]]]:
-    """Process ``images`` as consecutive frames at 30 fps; check each output."""
+def face_shown(pipeline: Pipeline, out: np.ndarray, results: list[FaceResult], face: FaceBox) -> float:
+    """The share of the real face's region inside the frame (the ellipse in its
+    true box, as ``benchmarks/face_leak.py`` defines it) that the output shows
+    instead of an emoji: 1.0 when nothing covers it. Call it right after the
+    frame: the compositor keeps each face's emoji size from frame to frame."""
+    h, w = out.shape[:2]
+    oval = face_ellipse(face, (w, h))
+    uncovered = int(np.count_nonzero(oval & ~covered_mask(pipeline, out, results)))
+    return uncovered / max(1, int(np.count_nonzero(oval)))
+
+
+def run_stream(
+    pipeline: Pipeline,
+    images: Iterable[np.ndarray],
+    on_frame: Callable[[int, np.ndarray, list[FaceResult]], None] | None = None,
+) -> list[tuple[np.ndarray, list[FaceResult]]]:
+    """Process ``images`` as consecutive frames at 30 fps; check each output
+    (and pass it to ``on_frame`` before the next frame)."""
     outputs = []
     for i, image in enumerate(images):
         out, results = pipeline.process(Frame(image, i, i / 30.0))
+        if on_frame is not None:
+            on_frame(i, out, results)
         assert isinstance(out, np.ndarray)
         bgr = as_bgr(image)
         if bgr is not None:
@@ -85,6 +121,28 @@ def run_stream(pipeline: Pipeline, images: Iterable[np.ndarray]) -> list[tuple[n
         outputs.append((out, results))
     assert pipeline.failed_frames == 0, "a pipeline stage raised on one of these frames"
     return outputs
+
+
+def needs_blazeface() -> None:
+    """Skip what follows (the checks above it have run) without the BlazeFace
+    models: the promises on faces checked here are BlazeFace's, and ``auto``
+    falls back to Haar without them."""
+    if not blazeface_installed():
+        pytest.skip("the face checks need the BlazeFace models (run 'emojicam models install')")
+
+
+def run_scenes(
+    pipeline: Pipeline, scenes: Sequence[tuple[np.ndarray, FaceBox]]
+) -> list[tuple[list[FaceResult], float]]:
+    """``run_stream`` on frames with a pasted face (``face_scene``): for each,
+    the results and the share of the real face that shows (``face_shown``)."""
+    shown: list[float] = []
+
+    def measure(i: int, out: np.ndarray, results: list[FaceResult]) -> None:
+        shown.append(face_shown(pipeline, out, results, scenes[i][1]))
+
+    outputs = run_stream(pipeline, [image for image, _ in scenes], measure)
+    return [(results, share) for (_, results), share in zip(outputs, shown, strict=True)]
 
 
 def warnings_from(caplog: pytest.LogCaptureFixture) -> Counter[str]:
@@ -234,22 +292,46 @@ def test_frame_with_nan_and_inf_pixels(pipeline, caplog):
     ids=["left", "right", "top", "bottom", "top-left", "bottom-right", "mostly-out", "gone"],
 )
 def test_faces_partly_outside_the_frame(pipeline, face, center_frac, caplog):
-    # the face slides from the middle to the edge and stays there
+    """The face slides from the middle to the edge and stays there. What is
+    promised (RELIABILITY.md finding 8): a face at least about half in view is
+    found and no more than 5% of it shows (at the frame's edge the box is
+    framed short: finding 13); a face in view whole does not show at all. A face
+    less than about half in view may not be found (by design), so there only
+    the boxes the pipeline reports are checked."""
     steps = [
         (0.5 + (center_frac[0] - 0.5) * t, 0.5 + (center_frac[1] - 0.5) * t) for t in np.linspace(0, 1, 6)
     ]
+    scenes = [face_scene(face, (640, 480), c, 0.45) for c in steps + [center_frac] * 3]
     with caplog.at_level(logging.WARNING):
-        run_stream(pipeline, [face_frame(face, (640, 480), c, 0.45) for c in steps + [center_frac] * 3])
+        outputs = run_scenes(pipeline, scenes)
     assert_each_warning_once(caplog)
+    needs_blazeface()
+    for i, ((results, shown), (_, box)) in enumerate(zip(outputs, scenes, strict=True)):
+        share = share_in_view(box, (640, 480))
+        if share < 0.5:
+            continue
+        assert results, f"frame {i}: face {box.xywh}, {share:.0%} in view, not found"
+        assert shown <= (0.0 if share == 1.0 else VISIBLE_LEAK_FRAC), (
+            f"frame {i}: {shown:.1%} of face {box.xywh} ({share:.0%} in view) shows"
+        )
 
 
 @pytest.mark.shared_data
 def test_faces_a_few_pixels_wide(pipeline, face, caplog):
+    """Faces 2 to 32 px wide in a 640x480 frame. The smallest face promised to
+    be covered is about 3% of the frame's width (RELIABILITY.md finding 5:
+    19 px here; the 20 px face, at that limit, is missed on this backdrop), so
+    the faces of 2 to 20 px are only run through (no stage fails, what is
+    reported is covered, warnings once) and the 32 px face (5%) must be found
+    and not show at all."""
+    scenes = [face_scene(face, (640, 480), (0.3, 0.4), side / 480) for side in (2, 4, 8, 12, 20, 32)]
     with caplog.at_level(logging.WARNING):
-        run_stream(
-            pipeline, [face_frame(face, (640, 480), (0.3, 0.4), side / 480) for side in (2, 4, 8, 12, 20, 32)]
-        )
+        (*_, (results, shown)) = run_scenes(pipeline, scenes)
     assert_each_warning_once(caplog)
+    needs_blazeface()
+    box = scenes[-1][1]
+    assert box.w == 32 and results, f"the 32 px face {box.xywh} was not found"
+    assert shown == 0.0, f"{shown:.1%} of the 32 px face {box.xywh} shows"
 
 
 def test_degenerate_boxes_through_the_real_classifier_and_compositor(pipeline, caplog):
@@ -327,7 +409,13 @@ def test_face_count_jumping_between_0_and_20(pipeline, caplog):
 @pytest.mark.shared_data
 @pytest.mark.parametrize("exposure", ["black", "white", "very dark face", "blown-out face", "low contrast"])
 def test_very_dark_and_very_bright_frames(pipeline, face, exposure, caplog):
-    base = face_frame(face).astype(np.float32)
+    """Black and white frames get no emoji. A very dark face (6% of its
+    brightness) is found and does not show. A blown-out face is not promised:
+    it is washed out to white (checked: that is why). A face at 5% contrast is
+    a known gap: no model scores it 0.3 (privacy.min_score), so it shows whole;
+    it is held as an expected failure until it is covered."""
+    scene, box = face_scene(face)
+    base = scene.astype(np.float32)
     image = {
         "black": np.zeros_like(base),
         "white": np.full_like(base, 255),
@@ -337,10 +425,24 @@ def test_very_dark_and_very_bright_frames(pipeline, face, exposure, caplog):
     }[exposure]
     image = np.clip(image, 0, 255).astype(np.uint8)
     with caplog.at_level(logging.WARNING):
-        outputs = run_stream(pipeline, [image] * 3)
-    if exposure in ("black", "white"):
-        assert all(results == [] for _, results in outputs)
+        outputs = run_scenes(pipeline, [(image, box)] * 3)
     assert_each_warning_once(caplog)
+    shown = [share for _, share in outputs]
+    if exposure in ("black", "white"):
+        assert all(results == [] for results, _ in outputs)
+        return
+    if exposure == "blown-out face":
+        oval = face_ellipse(box, (image.shape[1], image.shape[0]))
+        assert np.all(image[oval] == 255, axis=1).mean() > 0.9  # no face left to hide
+        return
+    needs_blazeface()
+    if exposure == "very dark face":
+        assert all(results for results, _ in outputs) and shown == [0.0] * 3, shown
+    else:
+        if max(shown) > 0.0:
+            pytest.xfail(f"known gap: a face at 5% contrast is not found and shows ({shown})")
+        pytest.fail("the face at 5% contrast is covered now: make this a plain assertion "
+                    "and update RELIABILITY.md")
 
 
 # ---------------------------------------------------------------- a failing stage
