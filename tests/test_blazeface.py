@@ -194,6 +194,29 @@ def test_margin_shrinks_the_frame_into_the_middle_of_the_input() -> None:
     assert np.all(tensor[:, :13] == 0.0) and np.all(tensor[:, 115:] == 0.0)
 
 
+@pytest.mark.parametrize(
+    ("low", "high", "expected"),
+    [
+        (0, 255, (-1.0, 1.0)),  # a normal frame: 0..255 to [-1, 1] as the model wants
+        (100, 200, (100 / 127.5 - 1, 200 / 127.5 - 1)),  # 100 levels: as it is
+        (122, 134, (-48 / 255, 48 / 255)),  # a washed-out frame (12 levels): 4x, centred on 0
+        (0, 16, (-64 / 255, 64 / 255)),  # a very dim one: 4x too, centred
+        (60, 63, (60 / 127.5 - 1, 63 / 127.5 - 1)),  # 3 levels (noise on a flat frame): as it is
+    ],
+)
+def test_a_washed_out_frame_is_stretched_for_the_model(low: int, high: int, expected: tuple) -> None:
+    """A face at 5% contrast (a washed-out or fogged frame) scored 0.08 and was
+    never covered; the detector now sees such a frame stretched (and centred,
+    which also keeps dark sensor noise from looking like faces)."""
+    model = fake_model({})
+    image = np.full((96, 128, 3), low, np.uint8)
+    image[:, 64:] = high  # the shrink to the input keeps both levels
+    model.run(image, 0.5)
+    tensor = model.interpreter.inputs[-1][0]
+    picture = tensor[16:112]  # without the bars
+    assert (float(picture.min()), float(picture.max())) == pytest.approx(expected, abs=1e-6)
+
+
 @pytest.mark.parametrize("size_wh", [(1280, 720), (1920, 1080), (640, 480), (720, 1280)])
 def test_the_letterbox_maps_the_image_corners_back_exactly(size_wh: tuple[int, int]) -> None:
     """The image fills whole input pixels, so its two axes are scaled by slightly
