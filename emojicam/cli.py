@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("process", help="turn a video or photo into one with emoji faces",
                        description="Process a video or an image file. The output keeps the "
-                       "input's frame count, size and frame rate.")
+                       "input's frame count, size and frame rate; a video's sound is not copied "
+                       "(the command to add it back is printed at the end).")
     p.add_argument("input", type=Path, help="video (mp4, avi, ...) or image (png, jpg, ...)")
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="output file of the same kind as INPUT (.mp4/.avi or .png/.jpg)")
