@@ -28,10 +28,10 @@ SAME_FACE_OVERLAP = 0.6
 #: 0.31, a face cut by the frame's edge), and it grows to the doubtful box.
 #: The loose boxes of one face seen on the selfie clip are about 2x.
 FRAGMENT_AREA_RATIO = 4.0
-#: Two confident boxes from the two models that overlap (IoU above ``NMS_IOU``)
-#: are one face only if their centres are at most this far apart, in sides of
-#: the larger box. On the selfie clip the two models' boxes of one face lie at
-#: most 0.25 apart (99th percentile 0.20, 336 pairs); a face half hidden
+#: Two boxes that overlap (IoU above ``NMS_IOU``), from the two models or a
+#: doubtful one against a kept one, are one face only if their centres are at
+#: most this far apart, in sides of the larger box. On the selfie clip the two
+#: models' boxes of one face lie at most 0.25 apart (99th percentile 0.20, 336 pairs); a face half hidden
 #: behind another lies about 0.5 away and would otherwise lose its own box.
 SAME_FACE_CENTRES = 0.35
 
@@ -56,7 +56,7 @@ def merge_models(first: Detections | None, second: Detections | None, min_score:
     for i in np.argsort(-doubtful.scores, kind="stable"):
         box = doubtful.boxes_xyxy[i]
         if len(merged):
-            same = (iou_one_to_many(box, merged.boxes_xyxy) > NMS_IOU) | (
+            same = _same_face(box, merged.boxes_xyxy) | (
                 _overlap_of_smaller(box, merged.boxes_xyxy) >= SAME_FACE_OVERLAP
             )
             if np.any(same):

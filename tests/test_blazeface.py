@@ -297,6 +297,16 @@ def test_a_face_half_behind_another_keeps_its_own_box() -> None:
     np.testing.assert_allclose(merged.boxes_xyxy, [[0, 0, 100, 100], [50, 0, 150, 100]])
 
 
+
+def test_a_face_half_behind_another_keeps_its_box_when_the_models_are_unsure_of_it() -> None:
+    """Privacy mode covers faces from score 0.3. A doubtful box overlapping a
+    confident one (IoU 0.33) was dropped as "the same face" without looking
+    where it was centred: the half-hidden face's visible half showed."""
+    first = dets_of([[0, 0, 100, 100]], [0.9])
+    second = dets_of([[50, 0, 150, 100], [10, 5, 110, 105]], [0.35, 0.4])  # another face; a loose copy
+    merged = fm.merge_models(first, second, min_score=0.5)
+    np.testing.assert_allclose(merged.boxes_xyxy, [[0, 0, 100, 100], [50, 0, 150, 100]])
+
 # ---------------------------------------------------------------- which model runs when
 
 
