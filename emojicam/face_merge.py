@@ -31,8 +31,9 @@ FRAGMENT_AREA_RATIO = 4.0
 #: Two boxes that overlap (IoU above ``NMS_IOU``), from the two models or a
 #: doubtful one against a kept one, are one face only if their centres are at
 #: most this far apart, in sides of the larger box. On the selfie clip the two
-#: models' boxes of one face lie at most 0.25 apart (99th percentile 0.20, 336 pairs); a face half hidden
-#: behind another lies about 0.5 away and would otherwise lose its own box.
+#: models' boxes of one face lie at most 0.25 apart (99th percentile 0.20, 336
+#: pairs); a face half hidden behind another lies about 0.5 away and would
+#: otherwise lose its own box.
 SAME_FACE_CENTRES = 0.35
 
 
