@@ -17,6 +17,7 @@ import pytest
 pyvirtualcam = pytest.importorskip("pyvirtualcam")
 
 from emojicam import control, engine, sender, sinks  # noqa: E402
+from emojicam.compose import privacy_cover  # noqa: E402
 from emojicam.config import CameraConfig, Config, ConfigError, SinkConfig, load_config  # noqa: E402
 from emojicam.errors import SetupError  # noqa: E402
 from emojicam.pipeline import reconfigure  # noqa: E402
@@ -140,31 +141,76 @@ def test_end_to_end_video_to_virtual_camera(running, recorder, tmp_path: Path) -
     status = eng.status()
     assert status.state == "running" and status.camera == "ok" and status.sink == "ok"
     assert status.faces == 1 and status.dominant == "happy" and status.mode == "replace"
-    assert status.fps > 5
-    # pacing: about sink.fps frames per second (20), generous bounds
+    assert status.fps > 0  # a processing rate is reported (how it is reckoned: test_status_fps_...)
+    # Paced at sink.fps (20): never faster, however the machine is loaded. Its sink's pacer
+    # sleeps until each next slot, so n frames need n - 2 periods at least (the pacer
+    # itself: test_sources.py). How close to 20 fps a machine keeps is for `emojicam bench`.
+    assert cam.fps == 20
     t = np.array(cam.times)
-    window = t[(t > t[-1] - 1.0)]
-    assert 10 <= len(window) <= 30, len(window)
+    assert len(t) <= (t[-1] - t[0]) * 20 + 2, (len(t), t[-1] - t[0])
     elapsed = eng.close()
-    assert elapsed < 2.0
+    assert elapsed < 2.0  # README: shutdown within 2 s
     assert cam.closed
     assert eng.status().camera == "released" and eng.status().state == "stopped"
 
 
+def test_status_fps_is_the_processing_rate_on_the_engines_clock(running, tmp_path: Path) -> None:
+    """The fps the tray and 'ctl status' show: frames processed per second of
+    the engine's clock (a fake one here, so the rate is exact)."""
+    clock = FakeClock()
+    cue = threading.Semaphore(0)
+
+    class OnCue(FakeCamera):  # a frame each time the test says so
+        def read(self):
+            cue.acquire(timeout=5)
+            return super().read()
+
+    plugged = threading.Event()
+    plugged.set()
+    deps = make_deps(tmp_path, make_source=lambda cfg: OnCue(plugged, []))
+    eng = running(deps=dataclasses.replace(deps, clock=clock))
+    try:
+        for k in range(1, 7):  # 6 frames, 40 ms apart
+            clock.advance(0.04)
+            cue.release()
+            wait_for(lambda k=k: eng.status().frames_processed == k)
+        assert eng.status().fps == 25.0
+    finally:
+        cue.release(1000)  # let the camera go for close()
+
+
 def test_slow_processing_repeats_last_frame(running, recorder, tmp_path: Path) -> None:
-    slow = make_fake_pipeline([BOX], delay_s=0.25)  # about 4 processed frames per second
-    eng = running(deps=make_deps(tmp_path, pipeline=slow))
-    wait_for(lambda: eng.status().frames_processed >= 2, timeout_s=5)
-    sent0, processed0, t0 = eng.status().frames_sent, eng.status().frames_processed, time.monotonic()
-    time.sleep(1.2)
-    sent = eng.status().frames_sent - sent0
-    processed = eng.status().frames_processed - processed0
-    rate = sent / (time.monotonic() - t0)
-    assert rate >= 10, rate  # the camera stays near 20 fps
-    assert processed <= 8 and sent >= 2 * processed
-    frames = recorder.instances[0].frames
-    repeats = sum(np.array_equal(a, b) for a, b in zip(frames, frames[1:], strict=False))
-    assert repeats >= len(frames) // 3
+    """The sender never waits for processing: while the pipeline is busy with a
+    frame (here held until the test lets it go, however long), the virtual
+    camera keeps getting the last processed frame, repeated."""
+    pipeline = make_fake_pipeline([BOX])
+    process = pipeline.process
+    flowing, held = threading.Event(), threading.Event()
+    flowing.set()
+    outputs: list[np.ndarray] = []
+
+    def slow(frame):
+        if not flowing.is_set():
+            held.set()
+            flowing.wait(10)
+        image, results = process(frame)
+        outputs.append(image)
+        return image, results
+
+    pipeline.process = slow  # type: ignore[method-assign]
+    eng = running(deps=make_deps(tmp_path, pipeline=pipeline))
+    wait_for(lambda: eng.status().frames_processed >= 3, timeout_s=5)
+    flowing.clear()
+    assert held.wait(5)  # the processing thread is inside the pipeline now
+    processed, cam = eng.status().frames_processed, recorder.instances[0]
+    sent = cam.count
+    wait_for(lambda: cam.count > sent + 5)  # the camera goes on meanwhile...
+    assert eng.status().frames_processed == processed
+    last = outputs[-1]
+    assert all(np.array_equal(f, last) for f in cam.frames[-5:])  # ...with the last frame again
+    flowing.set()
+    wait_for(lambda: not np.array_equal(cam.frames[-1], last))  # then new frames again
+    assert eng.status().frames_processed > processed
 
 
 def test_mode_switch_through_control_channel(running, recorder, tmp_path: Path) -> None:
@@ -213,9 +259,9 @@ def test_hot_reload_and_bad_edit(running, tmp_path: Path, video: Path) -> None:
     try:
         wait_for(lambda: eng.status().frames_processed >= 2)
         path.write_text(_config_text(video, "label"))
-        took = wait_for(lambda: eng.status().mode == "label", timeout_s=3)
-        print(f"hot reload applied {took:.2f} s after the save")
-        assert took < 1.5, f"hot reload took {took:.2f} s"
+        # Applied. How soon (README: "within a second") is the watcher's schedule, checked
+        # poll by poll in test_daemon_live_config.py; a wall clock here only measures the load.
+        wait_for(lambda: eng.status().mode == "label", timeout_s=10)
         # the event is emitted just after the status changes: wait for it
         wait_for(lambda: ("config-reloaded", "settings applied") in events, timeout_s=3)
 
@@ -303,7 +349,8 @@ class FakeCamera:
         self.log.append("close")
 
 
-def test_camera_loss_mid_stream_and_recovery(running, recorder, tmp_path: Path) -> None:
+def test_camera_loss_mid_stream_and_recovery(running, recorder, tmp_path: Path, caplog) -> None:
+    caplog.set_level("DEBUG", logger="emojicam.sources")
     plugged, log = threading.Event(), []
     plugged.set()
     deps = make_deps(tmp_path, make_source=lambda cfg: FakeCamera(plugged, log))
@@ -320,15 +367,20 @@ def test_camera_loss_mid_stream_and_recovery(running, recorder, tmp_path: Path) 
     assert placeholder.shape == (SIZE_WH[1], SIZE_WH[0], 3)
     assert abs(float(placeholder[:20].mean()) - 43) < 10  # the dark placeholder, not a frozen frame
     assert eng.status().state == "running"  # the daemon keeps going
-    wait_for(lambda: log.count("open-failed") >= 2, timeout_s=3)  # retrying with backoff
+    wait_for(lambda: log.count("open-failed") >= 4, timeout_s=6)  # retrying, backing off to its cap
 
     plugged.set()  # replug
-    took = wait_for(lambda: eng.status().camera == "ok", timeout_s=3)
-    assert took < 2.0
+    replugged_at = len(log)
+    wait_for(lambda: eng.status().camera == "ok", timeout_s=10)
+    # Picked up promptly: by the next retry (one already under way may still have
+    # failed), and the retries backed off to retry_max_s (0.4 s) at most.
+    assert log[replugged_at:] in (["open"], ["open-failed", "open"]), log
+    waits = [float(r.getMessage().split()[-2]) for r in caplog.records
+             if r.getMessage().startswith("retrying the camera in")]
+    assert len(waits) >= 4 and max(waits) <= 0.4, waits
     n = eng.status().frames_processed
     wait_for(lambda: eng.status().frames_processed > n + 3)
-    time.sleep(0.15)
-    assert abs(box_mean(cam.frames[-1]) - BACKGROUND) > 40  # emoji again
+    wait_for(lambda: abs(box_mean(cam.frames[-1]) - BACKGROUND) > 40)  # emoji again
     assert log.count("open") == log.count("close") + 1
 
 
@@ -351,10 +403,14 @@ def test_pause_releases_camera_and_resume_reopens(running, recorder, tmp_path: P
     eng.pause().result(2)
     wait_for(lambda: eng.status().state == "paused" and eng.status().camera == "released")
     assert log[-1] == "close"
-    n, t0 = recorder.instances[0].count, time.monotonic()
-    time.sleep(1.0)
-    paused_rate = (recorder.instances[0].count - n) / (time.monotonic() - t0)
-    assert 0.5 <= paused_rate <= 5  # a cheap frame at a low rate keeps the device alive
+    cam = recorder.instances[0]
+    n = cam.count
+    wait_for(lambda: cam.count >= n + 4, timeout_s=10)  # frames keep the device alive...
+    gaps = np.diff(cam.times[n:])  # (the pause was confirmed before frame n + 1 was sent)
+    # ...cheap ones at the idle rate (the sender waits 1 / IDLE_FPS between them), not at
+    # sink.fps (20 fps: 0.05 s apart). A loaded machine only makes the gaps longer.
+    assert min(gaps) >= 0.9 / sender.IDLE_FPS, gaps
+    assert log[-1] == "close"  # released all the while
     eng.resume().result(2)
     wait_for(lambda: eng.status().camera == "ok" and eng.status().state == "running")
     assert log.count("open") == 2
@@ -383,6 +439,7 @@ def test_pipeline_error_never_shows_the_raw_face(running, recorder, tmp_path: Pa
 
     broken.process = explode  # type: ignore[method-assign]
     marker = np.full((SIZE_WH[1], SIZE_WH[0], 3), BACKGROUND, np.uint8)
+    marker[:, : SIZE_WH[0] // 2] = 20  # a dark half: a blur keeps it, a blank does not
     marker[::2, :] = 255  # fine stripes: any blur flattens them
 
     class StripedCamera(FakeCamera):
@@ -400,9 +457,15 @@ def test_pipeline_error_never_shows_the_raw_face(running, recorder, tmp_path: Pa
             deps=make_deps(tmp_path, pipeline=broken, make_source=lambda cfg: StripedCamera(plugged, [])),
         )
         wait_for(lambda: eng.status().frames_processed >= 3)
-        time.sleep(0.2)
-    frame = recorder.instances[0].frames[-1]
+        cam = recorder.instances[0]
+        sent = cam.count
+        wait_for(lambda: cam.count > sent + 1)  # a frame sent after one was processed
+    frame = cam.frames[-1]
     assert float(np.abs(np.diff(frame[:, :, 0].astype(int), axis=0)).mean()) < 20  # stripes gone
+    # ...by the action the config names: a blank frame is flat, a blurred one keeps its halves
+    assert np.array_equal(frame, privacy_cover(marker, action))
+    flat = int(frame.max()) == int(frame.min())
+    assert flat == (action == "blank"), (action, frame.min(), frame.max())
     assert eng.status().state == "running"
     (warning,) = [r.getMessage() for r in caplog.records if "could not be processed" in r.getMessage()]
     assert warning.endswith(f"showing it {said}")
@@ -611,9 +674,9 @@ def test_show_preview_opens_and_closes_a_second_sink(running, recorder, tmp_path
     assert eng.status().preview is True and shown[-1].shape[:2] == (SIZE_WH[1], SIZE_WH[0])
     eng.set_preview(False)
     wait_for(lambda: events == ["open", "close"])
-    n = len(shown)
-    time.sleep(0.2)
-    assert len(shown) == n and recorder.instances[0].count > n  # the camera kept going
+    n, sent = len(shown), recorder.instances[0].count
+    wait_for(lambda: recorder.instances[0].count > sent + 3)  # the camera keeps going...
+    assert len(shown) == n  # ...and the closed window gets nothing more
 
 
 def test_closing_the_window_of_a_preview_sink_stops_the_daemon(running, tmp_path: Path) -> None:
@@ -772,7 +835,10 @@ def test_on_demand_keeps_the_webcam_off_while_the_virtual_camera_cannot_open(
     off, unless the user opens the preview window."""
     sysfs = make_sysfs_tree(tmp_path / "sys-none", [(0, "Integrated Camera", False)])
 
+    attempts: list[int] = []
+
     def missing(cfg: Config) -> sinks.Sink:
+        attempts.append(1)
         return sinks.VirtualCameraSink(cfg.sink, SIZE_WH, system="Linux", sysfs_root=sysfs,
                                        dev_root=tmp_path, pyvirtualcam_backend=BACKEND)
 
@@ -783,7 +849,10 @@ def test_on_demand_keeps_the_webcam_off_while_the_virtual_camera_cannot_open(
     deps = make_deps(tmp_path, make_sink=missing, make_source=lambda c: FakeCamera(plugged, log))
     eng = running(cfg, deps=deps)
     wait_for(lambda: eng.status().sink == "unavailable")
-    time.sleep(0.5)
+    # Three more failed opens of the virtual camera, each one reported to the engine
+    # (which wakes it to decide again), all while the webcam stays off:
+    tried = len(attempts)
+    wait_for(lambda: len(attempts) >= tried + 3, timeout_s=10)
     assert log == [] and eng.status().state == "idle"
     eng.set_preview(True)  # from the tray: now somebody watches
     wait_for(lambda: eng.status().camera == "ok")
@@ -849,7 +918,7 @@ def test_a_camera_that_is_gone_leaves_no_faces_in_the_status(running, tmp_path: 
 
 
 def test_a_sink_edit_waits_for_a_restart_and_on_demand_still_follows_the_open_sink(
-        running, tmp_path: Path, video: Path) -> None:
+        running, recorder, tmp_path: Path, video: Path) -> None:
     """sink.kind edited while no app watches: the virtual camera stays open
     (sink settings take a restart), yet the engine once took the new kind as
     running, turned the webcam on for nobody and reported the new kind."""
@@ -863,7 +932,9 @@ def test_a_sink_edit_waits_for_a_restart_and_on_demand_still_follows_the_open_si
     wait_for(lambda: eng.status().state == "idle" and eng.status().readers == 0)
     eng.reload().result(2)
     eng.set_mode("label").result(2)  # a runtime choice is built on the file's config too
-    time.sleep(0.3)
+    cam = recorder.instances[0]
+    sent = cam.count
+    wait_for(lambda: cam.count >= sent + 2, timeout_s=10)  # two more idle frames (at 2 fps) went out
     status = eng.status()
     assert status.sink_kind == "virtual" and status.mode == "label"
     assert status.state == "idle" and log == []  # the webcam light never came on

@@ -7,7 +7,9 @@ socket and a pause/resume (camera released and reopened). Checked: no frame
 failed, no engine thread survives ``close()``, threads after the second life
 equal those after the first, every file descriptor opened is closed again,
 RSS grows by at most a few MB between lives and while running, and the sink
-is paced at its frame rate.
+is never fed faster than its frame rate. How evenly it is fed (median
+interval, share of late frames) is a measurement of the machine:
+``benchmarks/soak.py`` reports it.
 """
 
 from __future__ import annotations
@@ -101,8 +103,13 @@ def test_rss_stays_flat(two_lives):
     assert second.running_end.rss_mb - first.running_end.rss_mb < RSS_GROWTH_BOUND_MB
 
 
-def test_sink_is_paced_at_its_frame_rate(two_lives):
+def test_sink_is_never_fed_faster_than_its_frame_rate(two_lives):
+    """The sender paces every frame by the sink (30 fps here; the camera gives 60)
+    and sends idle frames more slowly still while paused: over a life, the mean
+    interval between frames is a period at least, however loaded the machine
+    (load only adds to it; a sender that skipped the pacing would send as fast
+    as it could loop)."""
     for report in two_lives[0]:
         period_ms, intervals = 1000.0 / 30.0, report.raw["interval_ms"]
-        assert abs(intervals["median"] - period_ms) < 0.15 * period_ms, intervals
-        assert report.late_share < 0.1, intervals
+        assert report.sent > 100, report.raw
+        assert intervals["mean"] >= 0.98 * period_ms, intervals
