@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import stat
 import threading
 import zlib
 from collections.abc import Callable, Sequence
@@ -36,6 +37,8 @@ CHECKSUM_BYTES = 1 << 20
 def file_signature(path: Path) -> tuple[int, int, int, int] | None:
     try:
         st = path.stat()
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block the open (the loader skips it too)
+            return st.st_mtime_ns, st.st_size, st.st_ino, 0
         with path.open("rb") as f:  # a config is a few kB; the size field covers anything past 1 MiB
             checksum = zlib.crc32(f.read(CHECKSUM_BYTES))
     except OSError:

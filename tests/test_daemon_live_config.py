@@ -186,3 +186,21 @@ def test_a_same_size_save_within_the_timestamp_resolution_is_seen(tmp_path: Path
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
     assert reloads_seen(live) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_a_fifo_at_the_config_path_does_not_block_the_daemon(tmp_path: Path) -> None:
+    """The watcher read each watched file's bytes (for its checksum): a FIFO
+    there blocked the open, and 'emojicam run' hung at start without a word."""
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)
+    made: list[LiveConfig] = []
+    thread = threading.Thread(target=lambda: made.append(LiveConfig(Config(), lambda: Config(), [fifo])),
+                              daemon=True)
+    thread.start()
+    thread.join(5)
+    blocked = thread.is_alive()
+    if blocked:  # unblock it: open the FIFO for writing once
+        with open(fifo, "wb"):
+            pass
+    assert not blocked and made, "LiveConfig blocked on the FIFO"
