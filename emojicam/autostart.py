@@ -333,8 +333,9 @@ def entry_program(entry: Path) -> str | None:
         return None
     if entry.suffix == ".desktop":  # the spec's string escapes come off before its quoting
         value = re.sub(r"\\(.)", lambda m: {"s": " ", "n": "\n", "t": "\t", "r": "\r"}.get(m[1], m[1]), value)
-    # The first word: in double quotes (where a backslash escapes the next character), or bare
-    first = re.match(r'\s*(?:"((?:[^"\\]|\\.)*)"|([^\s"]+))', value)
+    # The first word: in double quotes (where a backslash escapes the next character), or bare.
+    # Split on ASCII whitespace only, as GLib and systemd do (a no-break space is part of a path).
+    first = re.match(r'\s*(?:"((?:[^"\\]|\\.)*)"|([^\s"]+))', value, re.ASCII)
     if first is None:
         return None
     program = re.sub(r"\\(.)", r"\1", first[1]) if first[1] is not None else first[2]

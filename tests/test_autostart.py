@@ -365,7 +365,9 @@ def test_status_says_when_the_program_the_entry_starts_is_gone(tmp_path: Path, m
 
 @pytest.mark.parametrize(
     "path", ["/home/józef/emoji cam/.venv/bin/emojicam", "/opt/$app/emojicam", "/opt/a\\b/emojicam",
-             '/opt/a "b"/emojicam', "/opt/`x`/emo%cam", "/opt/a\\sb/emojicam"],
+             '/opt/a "b"/emojicam', "/opt/`x`/emo%cam", "/opt/a\\sb/emojicam",
+             # left unquoted (not ASCII spaces), and read back whole
+             "/home/山田\u3000太郎/venv/bin/emojicam", "/opt/no\u00a0break/emojicam"],
 )
 @pytest.mark.parametrize("write", [autostart.desktop_entry, autostart.systemd_unit, autostart.launch_agent])
 def test_entry_program_reads_back_the_program_each_entry_was_written_with(tmp_path: Path, write,
