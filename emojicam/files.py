@@ -83,19 +83,24 @@ def _pillow_check(path: Path) -> bool:
 
 def _onto_white(path: Path, image_bgr: np.ndarray) -> np.ndarray:
     """An image with transparent parts, composited onto white. OpenCV's colour
-    reading (``image_bgr``) drops the alpha channel and shows whatever colour the
-    transparent pixels hold (often black); the output keeps no transparency
-    (the emoji art is drawn onto opaque pixels), so the user is told."""
-    full = _decode_file(path, cv2.IMREAD_UNCHANGED)
-    if full is None or full.ndim != 3 or full.shape[2] != 4 or full.dtype.kind != "u":
-        return image_bgr  # e.g. a float TIFF: as OpenCV reads it
-    alpha = full[..., 3:].astype(np.float32) / np.iinfo(full.dtype).max
-    if alpha.min() == 1.0:
-        return image_bgr  # an alpha channel with nothing transparent
-    bgr = full[..., :3].astype(np.float32) * (255.0 / np.iinfo(full.dtype).max)  # 16-bit scaled to 8
+    reading (``image_bgr``: EXIF rotation applied, 16-bit scaled) drops the
+    alpha channel and shows whatever colour the transparent pixels hold (often
+    black); the output keeps no transparency (the emoji art is drawn onto
+    opaque pixels), so the user is told. The alpha comes from Pillow, turned by
+    the same EXIF orientation."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as im:
+            alpha = np.asarray(ImageOps.exif_transpose(im).convert("RGBA").getchannel("A"))
+    except (OSError, ValueError):
+        return image_bgr
+    if alpha.shape != image_bgr.shape[:2] or alpha.min() == 255:
+        return image_bgr  # nothing transparent (or a shape OpenCV and Pillow disagree on)
     log.warning("%s: has transparent parts; EmojiCam keeps no transparency, so they are made white",
                 path)
-    return np.rint(bgr * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    a = alpha[..., None].astype(np.float32) / 255.0
+    return np.rint(image_bgr.astype(np.float32) * a + 255.0 * (1.0 - a)).astype(np.uint8)
 
 
 @dataclass(frozen=True)

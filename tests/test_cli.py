@@ -519,3 +519,23 @@ def test_16_bit_pngs_are_scaled_to_8_bits_with_or_without_alpha(tmp_path, caplog
     expected[0, 0] = 255
     assert np.array_equal(read_image(tmp_path / "rgba16.png"), expected)
     assert "made white" in caplog.text
+
+
+def test_a_transparent_photo_keeps_its_exif_rotation(tmp_path):
+    """The flattening read the alpha channel without the EXIF orientation that
+    OpenCV's colour reading applies: a turned phone picture came out unturned
+    (found by the second read)."""
+    from PIL import Image
+
+    from emojicam.files import read_image
+
+    rgba = np.zeros((100, 200, 4), np.uint8)  # 200 wide, 100 high
+    rgba[..., :3], rgba[..., 3] = (0, 0, 255), 255  # opaque blue...
+    rgba[:20, :40, 3] = 0  # ...but the top-left corner is transparent
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to show"
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "turned.png", exif=exif)
+    image = read_image(tmp_path / "turned.png")
+    assert image.shape == (200, 100, 3)  # turned, as OpenCV turns the opaque picture
+    assert (image[:40, -20:] == 255).all()  # the transparent corner, now top right: white
+    assert (image[100, 50] == (255, 0, 0)).all()  # blue (BGR) elsewhere
