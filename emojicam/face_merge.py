@@ -28,6 +28,11 @@ SAME_FACE_OVERLAP = 0.6
 #: 0.31, a face cut by the frame's edge), and it grows to the doubtful box.
 #: The loose boxes of one face seen on the selfie clip are about 2x.
 FRAGMENT_AREA_RATIO = 4.0
+#: A doubtful box mostly over a kept one is that face if centred near it, or if
+#: it is at least this many times larger (a loose box around the face, whose
+#: centre may sit further off); a box of about the same size centred away is
+#: another face, half hidden behind the kept one.
+LOOSE_AREA_RATIO = 1.5
 #: Two boxes that overlap (IoU above ``NMS_IOU``), from the two models or a
 #: doubtful one against a kept one, are one face only if their centres are at
 #: most this far apart, in sides of the larger box. On the selfie clip the two
@@ -57,11 +62,16 @@ def merge_models(first: Detections | None, second: Detections | None, min_score:
     for i in np.argsort(-doubtful.scores, kind="stable"):
         box = doubtful.boxes_xyxy[i]
         if len(merged):
-            same = _same_face(box, merged.boxes_xyxy) | (
-                _overlap_of_smaller(box, merged.boxes_xyxy) >= SAME_FACE_OVERLAP
+            _, area, areas = overlap_areas(box, merged.boxes_xyxy)
+            near = _centres_near(box, merged.boxes_xyxy)
+            # Mostly inside a kept box and centred near it, or a loose box around one
+            # (larger: its centre may sit further off), is that face; a box half over
+            # a kept one but centred away is another face, half hidden: kept.
+            inside = (_overlap_of_smaller(box, merged.boxes_xyxy) >= SAME_FACE_OVERLAP) & (
+                near | (area >= LOOSE_AREA_RATIO * areas)
             )
+            same = ((iou_one_to_many(box, merged.boxes_xyxy) > NMS_IOU) & near) | inside
             if np.any(same):
-                _, area, areas = overlap_areas(box, merged.boxes_xyxy)
                 confident = merged.scores >= min_score
                 fragments = np.flatnonzero(same & confident & (area >= FRAGMENT_AREA_RATIO * areas))
                 if len(fragments) == 1:  # the face around a confident fragment of it: cover both
@@ -103,8 +113,13 @@ def not_overlapping(extra: Detections, base: Detections) -> Detections:
 
 def _same_face(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """For each of ``boxes`` (x0, y0, x1, y1): could it frame the same face as ``box``?"""
+    return (iou_one_to_many(box, boxes) > NMS_IOU) & _centres_near(box, boxes)
+
+
+def _centres_near(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """For each of ``boxes``: is its centre within ``SAME_FACE_CENTRES`` sides
+    (of the larger of the two) of ``box``'s?"""
     centre = (box[:2] + box[2:]) / 2.0
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2.0
     sides = np.maximum(np.max(boxes[:, 2:] - boxes[:, :2], axis=1), np.max(box[2:] - box[:2]))
-    near = np.hypot(*(centres - centre).T) <= SAME_FACE_CENTRES * sides
-    return (iou_one_to_many(box, boxes) > NMS_IOU) & near
+    return np.hypot(*(centres - centre).T) <= SAME_FACE_CENTRES * sides

@@ -303,9 +303,10 @@ def test_a_face_half_behind_another_keeps_its_box_when_the_models_are_unsure_of_
     confident one (IoU 0.33) was dropped as "the same face" without looking
     where it was centred: the half-hidden face's visible half showed."""
     first = dets_of([[0, 0, 100, 100]], [0.9])
-    second = dets_of([[50, 0, 150, 100], [10, 5, 110, 105]], [0.35, 0.4])  # another face; a loose copy
-    merged = fm.merge_models(first, second, min_score=0.5)
-    np.testing.assert_allclose(merged.boxes_xyxy, [[0, 0, 100, 100], [50, 0, 150, 100]])
+    for offset in (38, 50):  # 0.38 apart, the overlap of the smaller is 0.62: it too was dropped
+        second = dets_of([[offset, 0, offset + 100, 100], [10, 5, 110, 105]], [0.35, 0.4])  # another; a copy
+        merged = fm.merge_models(first, second, min_score=0.5)
+        np.testing.assert_allclose(merged.boxes_xyxy, [[0, 0, 100, 100], [offset, 0, offset + 100, 100]])
 
 # ---------------------------------------------------------------- which model runs when
 
