@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from emojicam.config import Config
+from emojicam.preprocess import high_bytes
 from emojicam.types import Emotion, EmotionScores, FaceBox, FaceResult, Frame
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def as_bgr(image: np.ndarray) -> np.ndarray | None:
         return None
     if image.dtype != np.uint8:
         if image.dtype == np.uint16:
-            image = (image >> 8).astype(np.uint8)
+            image = high_bytes(image)
         elif np.issubdtype(image.dtype, np.floating):
             # 0..1 or 0..255, judged on the finite pixels (one NaN must not change the scale)
             top = float(np.max(image, where=np.isfinite(image), initial=0.0))

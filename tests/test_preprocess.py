@@ -137,3 +137,14 @@ def test_blazeface_margins_match_fer_framing(fer_npz):
     margins = crop_margins_for(det)
     assert margins != HAAR_CROP_MARGINS
     np.testing.assert_allclose(measure_framing(det, faces), expected_framing(margins), atol=0.05)
+
+
+def test_high_bytes_is_each_16_bit_values_high_byte_for_any_layout() -> None:
+    from emojicam.preprocess import high_bytes
+
+    values = np.arange(65536, dtype=np.uint16)
+    np.testing.assert_array_equal(high_bytes(values), (values >> 8).astype(np.uint8))
+    frame = values[: 64 * 48 * 3].reshape(64, 48, 3)[::2, ::-1]  # a strided, reversed view
+    out = high_bytes(frame)
+    assert out.dtype == np.uint8 and out.shape == frame.shape
+    np.testing.assert_array_equal(out, frame // 256)
