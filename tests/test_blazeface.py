@@ -217,6 +217,22 @@ def test_a_washed_out_frame_is_stretched_for_the_model(low: int, high: int, expe
     assert (float(picture.min()), float(picture.max())) == pytest.approx(expected, abs=1e-6)
 
 
+def test_a_small_dark_or_bright_patch_does_not_turn_the_stretch_off() -> None:
+    """The span was measured from the darkest to the brightest pixel: a logo or
+    a lamp in a washed-out frame turned the stretch off, and a face at 3 to 5%
+    contrast showed again (found by the second read)."""
+    model = fake_model({})
+    image = np.full((96, 128, 3), 122, np.uint8)
+    image[:, 64:] = 134
+    image[:4, :4], image[-4:, -4:] = 0, 255  # 32 of 12,288 pixels
+    model.run(image, 0.5)
+    picture = model.interpreter.inputs[-1][0][16:112]
+    assert picture[50, 10, 0] == pytest.approx(-48 / 255, abs=1e-6)
+    assert picture[50, 100, 0] == pytest.approx(48 / 255, abs=1e-6)
+    assert picture[0, 0, 0] == -1.0 and picture[-1, -1, 0] == 1.0  # the patches: clipped to the model's range
+    assert bfm.level_range(image) == (122, 134)
+
+
 @pytest.mark.parametrize("size_wh", [(1280, 720), (1920, 1080), (640, 480), (720, 1280)])
 def test_the_letterbox_maps_the_image_corners_back_exactly(size_wh: tuple[int, int]) -> None:
     """The image fills whole input pixels, so its two axes are scaled by slightly
