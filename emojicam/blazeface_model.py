@@ -50,8 +50,8 @@ RANGE_PERCENTILE = 1.0
 
 def level_range(image: np.ndarray) -> tuple[int, int]:
     """The grey levels (all channels together) at ``image``'s 1st and 99th
-    percentiles. A histogram: a few microseconds on a shrunk frame, where
-    ``np.percentile`` sorts."""
+    percentiles, from a histogram (about 50 microseconds on a shrunk frame,
+    measured with a training run beside it; ``np.percentile`` would sort)."""
     hist = cv2.calcHist([image.reshape(-1, 1)], [0], None, [256], [0, 256]).ravel()
     cum = np.cumsum(hist)
     cut = cum[-1] * RANGE_PERCENTILE / 100.0
