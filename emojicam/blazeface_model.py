@@ -186,7 +186,11 @@ def overlap_areas(box: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    inter, area, areas = overlap_areas(box, boxes)
+    return iou_of(*overlap_areas(box, boxes))
+
+
+def iou_of(inter: np.ndarray, area: np.ndarray, areas: np.ndarray) -> np.ndarray:
+    """Intersection over union from ``overlap_areas``' three results."""
     union = area + areas - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
@@ -319,7 +323,7 @@ class BlazeFaceModel:
         ox, oy = (side - rw) // 2, (side - rh) // 2
         small = shrink(image_bgr, (rw, rh))
         rgb = cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
-        scale, shift = 2.0 / 255.0, -1.0  # 0..255 to the model's [-1, 1]
+        gain, offset = 2.0 / 255.0, -1.0  # 0..255 to the model's [-1, 1]
         lo, hi = level_range(rgb)
         stretch = STRETCH_MIN_LEVELS <= hi - lo < STRETCH_BELOW_LEVELS
         if stretch:
@@ -329,10 +333,10 @@ class BlazeFaceModel:
             # mean 30: 0 boxes against 46). A real camera's frames span far more
             # levels (the selfie clip: at least 204), so they reach the model as before.
             mid = (hi + lo) / 2.0
-            scale, shift = 2.0 * STRETCH_GAIN / 255.0, -2.0 * STRETCH_GAIN * mid / 255.0
+            gain, offset = 2.0 * STRETCH_GAIN / 255.0, -2.0 * STRETCH_GAIN * mid / 255.0
         self._input.fill(0.0)  # bars and margin: mid-grey in the model's [-1, 1] range
-        np.multiply(rgb, scale, out=self._input[0, oy : oy + rh, ox : ox + rw], casting="unsafe")
-        self._input[0, oy : oy + rh, ox : ox + rw] += shift
+        np.multiply(rgb, gain, out=self._input[0, oy : oy + rh, ox : ox + rw], casting="unsafe")
+        self._input[0, oy : oy + rh, ox : ox + rw] += offset
         if stretch:  # the 1% beyond the range's ends would reach past the model's range
             np.clip(self._input, -1.0, 1.0, out=self._input)
         self.interpreter.set_tensor(self.input_index, self._input)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from emojicam.blazeface_model import NMS_IOU, Detections, iou_one_to_many, overlap_areas
+from emojicam.blazeface_model import NMS_IOU, Detections, iou_of, iou_one_to_many, overlap_areas
 
 #: A doubtful box (scored below ``min_score``; kept only to cover faces in
 #: replace mode) is the same face as an accepted box when at least this much
@@ -62,15 +62,15 @@ def merge_models(first: Detections | None, second: Detections | None, min_score:
     for i in np.argsort(-doubtful.scores, kind="stable"):
         box = doubtful.boxes_xyxy[i]
         if len(merged):
-            _, area, areas = overlap_areas(box, merged.boxes_xyxy)
+            inter, area, areas = overlap_areas(box, merged.boxes_xyxy)
             near = _centres_near(box, merged.boxes_xyxy)
             # Mostly inside a kept box and centred near it, or a loose box around one
             # (larger: its centre may sit further off), is that face; a box half over
             # a kept one but centred away is another face, half hidden: kept.
-            inside = (_overlap_of_smaller(box, merged.boxes_xyxy) >= SAME_FACE_OVERLAP) & (
+            inside = (_overlap_of_smaller(inter, area, areas) >= SAME_FACE_OVERLAP) & (
                 near | (area >= LOOSE_AREA_RATIO * areas)
             )
-            same = ((iou_one_to_many(box, merged.boxes_xyxy) > NMS_IOU) & near) | inside
+            same = ((iou_of(inter, area, areas) > NMS_IOU) & near) | inside
             if np.any(same):
                 confident = merged.scores >= min_score
                 fragments = np.flatnonzero(same & confident & (area >= FRAGMENT_AREA_RATIO * areas))
@@ -94,9 +94,8 @@ def select(dets: Detections, keep: np.ndarray) -> Detections:
     return Detections(dets.boxes_xyxy[keep], dets.keypoints_xy[keep], dets.scores[keep])
 
 
-def _overlap_of_smaller(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """Intersection area over the smaller box's area, for ``box`` against each of ``boxes``."""
-    inter, area, areas = overlap_areas(box, boxes)
+def _overlap_of_smaller(inter: np.ndarray, area: np.ndarray, areas: np.ndarray) -> np.ndarray:
+    """Intersection over the smaller box's area, from ``overlap_areas``' three results."""
     smaller = np.minimum(area, areas)
     return np.where(smaller > 0, inter / np.maximum(smaller, 1e-12), 0.0)
 
